@@ -1,0 +1,3 @@
+from aligncoder_lsp.cli import main
+
+raise SystemExit(main())

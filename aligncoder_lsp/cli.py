@@ -1,0 +1,232 @@
+"""Command line: ``aligncoder-lsp serve | complete | doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+from aligncoder_lsp import __version__
+from aligncoder_lsp.config import Settings
+from aligncoder_lsp.workspace.files import language_of
+
+logger = logging.getLogger("aligncoder_lsp")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aligncoder-lsp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"aligncoder-lsp {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    common.add_argument("--log-file", help="write the log to this file instead of stderr")
+    common.add_argument("--model", help="GGUF file of the generator (default: embedded Gemma-3-270M)")
+    common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
+    common.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
+    common.add_argument("--cache-dir", help="cache directory (default: ~/.cache/aligncoder-lsp)")
+    common.add_argument("--config", help="JSON settings file (camelCase keys, as initializationOptions)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the language server (stdio)")
+    serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=2087)
+    serve.set_defaults(run=_serve)
+
+    complete = commands.add_parser("complete", parents=[common], help="complete once at a position and explain")
+    complete.add_argument("file", type=Path)
+    complete.add_argument("--line", type=int, required=True, help="1-based line")
+    complete.add_argument("--col", type=int, required=True, help="1-based column (code points)")
+    complete.add_argument("--workspace", type=Path, help="repository root (default: the file's git root or folder)")
+    complete.add_argument("--no-retrieval", action="store_true", help="complete without repository context")
+    complete.add_argument("--json", action="store_true", help="print the result and trace as JSON")
+    complete.set_defaults(run=_complete)
+
+    doctor = commands.add_parser("doctor", parents=[common], help="check versions, models and hardware")
+    doctor.set_defaults(run=_doctor)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
+    if getattr(args, "command", None) == "serve":
+        level = min(level, logging.INFO)
+    handler: logging.Handler
+    if getattr(args, "log_file", None):
+        handler = logging.FileHandler(args.log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("aligncoder_lsp").setLevel(level)
+    logging.getLogger("pygls").setLevel(logging.DEBUG if level < logging.INFO else logging.WARNING)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    from aligncoder_lsp.config import merge
+
+    settings = Settings()
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring settings file %s: %s", args.config, error)
+        else:
+            for warning in merge(settings, data):
+                logger.warning("%s", warning)
+    if args.model:
+        settings.model.generator = args.model
+    if args.threads:
+        settings.model.n_threads = args.threads
+    if args.gpu_layers is not None:
+        settings.model.n_gpu_layers = args.gpu_layers
+    if args.cache_dir:
+        settings.cache_dir = args.cache_dir
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.server.features import build_server
+
+    server = build_server(load_settings(args))
+    try:
+        if args.tcp:
+            server.start_tcp(args.host, args.port)
+        else:
+            # stdout carries the protocol: give it a private descriptor and point fd 1 at
+            # stderr, so nothing a library prints can corrupt the stream.
+            protocol_out = os.fdopen(os.dup(1), "wb")
+            os.dup2(2, 1)
+            sys.stdout = sys.stderr
+            server.start_io(sys.stdin.buffer, protocol_out)
+    finally:
+        server.close()
+    exit_code = server.protocol.exit_code
+    if exit_code is None:  # the client went away without `exit`
+        exit_code = 0 if server.protocol._shutdown else 1
+    logger.info("server stopped (exit code %d)", exit_code)
+    return exit_code
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+    from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest, ModelUnavailable
+
+    settings = load_settings(args)
+    settings.retrieval.enabled = not args.no_retrieval
+    path = args.file.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
+        return 2
+    root = (args.workspace or _git_root(path) or path.parent).resolve()
+    index = WorkspaceIndex(settings.index)
+    stats = index.build([root]) if settings.retrieval.enabled else None
+    engine = CompletionEngine(settings, index)
+    request = CompletionRequest(str(path), text.replace("\r\n", "\n"), args.line - 1, args.col - 1,
+                                language_of(path) or "python")
+    try:
+        result = engine.complete(request, threading.Event())
+    except ModelUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    trace = result.trace
+    if args.json:
+        print(json.dumps({"completion": result.text, "trace": trace.to_json(),
+                          "index": stats and {"files": stats.files, "snippets": stats.snippets,
+                                              "seconds": round(stats.seconds, 3)}}, indent=2))
+        return 0
+    print(result.text)
+    print("\n--- trace", file=sys.stderr)
+    if stats:
+        print(f"index: {stats.files} files, {stats.snippets} snippets in {stats.seconds:.2f} s", file=sys.stderr)
+    print(f"mode: {trace.mode}, shape: {trace.shape}, model: {trace.model}", file=sys.stderr)
+    for use in trace.snippets:
+        print(f"snippet: {use.describe()}", file=sys.stderr)
+    print(f"tokens: prompt {trace.prompt_tokens} (reused {trace.reused_tokens}), generated "
+          f"{trace.generated_tokens}, stopped by {trace.stopped_by}", file=sys.stderr)
+    print("timings (ms): " + ", ".join(f"{k} {v:g}" for k, v in trace.timings_ms.items()), file=sys.stderr)
+    return 0
+
+
+def _git_root(path: Path) -> Path | None:
+    for parent in path.parents:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, embedded_retriever
+
+    settings = load_settings(args)
+    ok = True
+    print(f"aligncoder-lsp {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    for package in ("llama-cpp-python", "pygls", "lsprotocol", "sentence-transformers", "torch",
+                    "tree-sitter", "tree-sitter-python", "tree-sitter-java", "rank-bm25", "watchdog"):
+        try:
+            print(f"  {package:24} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            print(f"  {package:24} MISSING")
+            ok = False
+    print("models:")
+    try:
+        started = time.perf_counter()
+        model = settings.model.generator
+        path = check_gguf(Path(model).expanduser()) if model else embedded_generator(settings.resolved_cache_dir())
+        print(f"  generator  {path} ({path.stat().st_size / 2**20:.0f} MiB, checked in "
+              f"{time.perf_counter() - started:.2f} s)")
+    except ModelUnavailable as error:
+        print(f"  generator  UNAVAILABLE: {error}")
+        ok = False
+    try:
+        print(f"  retriever  {settings.retrieval.retriever or embedded_retriever()}")
+    except ModelUnavailable as error:
+        print(f"  retriever  UNAVAILABLE: {error}")
+        ok = False
+    print("hardware:")
+    print(f"  cpu cores  {len(os.sched_getaffinity(0))} usable, llama.cpp threads {settings.threads()}")
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    print(f"  memory     {pages / 2**30:.1f} GiB")
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        print(f"  gpu offload {'available' if offload else 'not available (CPU build of llama-cpp-python)'}")
+    except Exception as error:  # a broken llama.cpp build must still let doctor report
+        print(f"  llama.cpp  UNAVAILABLE: {error}")
+        ok = False
+    print(f"  nvidia gpu {_nvidia_gpus() or 'none found'}")
+    print(f"peak memory of this check: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print("status: ok" if ok else "status: PROBLEMS FOUND")
+    return 0 if ok else 1
+
+
+def _nvidia_gpus() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return "; ".join(out.stdout.split("\n")).strip("; ") if out.returncode == 0 else ""

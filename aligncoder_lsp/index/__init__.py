@@ -1,0 +1,1 @@
+"""The workspace snippet index: chunking, tokenizing, BM25."""

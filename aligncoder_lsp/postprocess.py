@@ -1,0 +1,175 @@
+"""Turn raw model output into the text inserted at the cursor.
+
+The cursor's surroundings decide the shape of the answer:
+
+* ``line``: code before the cursor on its line -> finish the current statement;
+* ``statement``: a blank line -> the next statement (a compound one with its body);
+* ``block``: the line before opens a block (``:`` / ``{``) -> the block's body.
+
+Text that repeats what already follows the cursor is dropped, and closing brackets that
+would unbalance the line are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+CLOSERS = {v: k for k, v in OPENERS.items()}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """What the post-processor needs to know about the cursor's surroundings."""
+
+    line_before: str
+    """Text of the cursor's line before the cursor."""
+    line_after: str
+    """Text of the cursor's line after the cursor."""
+    previous_line: str
+    """The nearest non-blank line above the cursor's line."""
+    next_lines: tuple[str, ...]
+    """A few non-blank lines after the cursor's line."""
+
+    @classmethod
+    def at(cls, prefix: str, suffix: str) -> Cursor:
+        head, _, line_before = prefix.rpartition("\n")
+        line_after, _, tail = suffix.partition("\n")
+        previous = next((line for line in reversed(head.split("\n")) if line.strip()), "")
+        following = tuple(line for line in tail.split("\n")[:20] if line.strip())[:3]
+        return cls(line_before, line_after, previous, following)
+
+    @property
+    def mode(self) -> str:
+        if self.line_before.strip():
+            return "line"
+        if self.previous_line.rstrip().endswith((":", "{")):
+            return "block"
+        return "statement"
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def bracket_depth(text: str, depth: int = 0) -> int:
+    """Bracket depth after ``text`` (strings and comments skipped), never below 0."""
+    for _, depth in _scan(text, depth):
+        pass
+    return max(depth, 0)
+
+
+def _scan(text: str, depth: int):
+    """Yield (index, depth after the char) for every bracket outside strings/comments."""
+    quote = None
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif char in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else char
+            i += len(quote) - 1
+        elif char == "#":
+            newline = text.find("\n", i)
+            i = len(text) if newline < 0 else newline
+            continue
+        elif char in OPENERS:
+            depth += 1
+            yield i, depth
+        elif char in CLOSERS:
+            depth -= 1
+            yield i, depth
+        i += 1
+
+
+def statement_end(lines: list[str], depth: int) -> int | None:
+    """Number of leading ``lines`` that complete the statement open at bracket ``depth``,
+    or None if they do not complete it."""
+    for number, line in enumerate(lines, 1):
+        depth = bracket_depth(line + "\n", depth)
+        if depth == 0 and not line.rstrip().endswith(("\\", ",")):
+            return number
+    return None
+
+
+def _opens_block(line: str) -> bool:
+    return line.rstrip().endswith((":", "{"))
+
+
+def _answer_length(lines: list[str], cursor: Cursor, max_lines: int) -> int | None:
+    """How many of the complete ``lines`` form the answer; None while more are needed."""
+    mode = cursor.mode
+    if mode == "block" or (mode == "statement" and _opens_block(lines[0])):
+        floor = len(cursor.line_before) + 1 if mode == "statement" else max(
+            len(cursor.line_before), _indent(cursor.previous_line) + 1)
+        for number, line in enumerate(lines[1:], 1):
+            if line.strip() and _indent(line) < floor:
+                return number
+    elif (number := statement_end(lines, bracket_depth(cursor.line_before))) is not None:
+        return number
+    return max_lines if len(lines) >= max_lines else None
+
+
+def is_complete(raw: str, cursor: Cursor, max_lines: int = 8) -> bool:
+    """Whether the model has produced everything :func:`finish` will keep (stop early)."""
+    lines = _trim_leading(raw, cursor).split("\n")[:-1]
+    return bool(lines) and _answer_length(lines, cursor, max_lines) is not None
+
+
+def finish(raw: str, cursor: Cursor, max_lines: int = 8) -> str:
+    """The completion to insert at ``cursor`` from the model's ``raw`` continuation."""
+    lines = _trim_leading(raw, cursor).split("\n")
+    lines = lines[: _answer_length(lines, cursor, max_lines) or max_lines]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    lines = _drop_repeated_suffix(lines, cursor)
+    text = "\n".join(lines).rstrip()
+    return _cut_unbalanced(text, bracket_depth(cursor.line_before), cursor.line_after).rstrip()
+
+
+def _trim_leading(raw: str, cursor: Cursor) -> str:
+    """Drop the whitespace the prompt left out before the cursor (it was healed away)."""
+    healed = cursor.line_before[len(cursor.line_before.rstrip(" \t")):]
+    if not cursor.line_before.strip():
+        raw = raw.lstrip("\n")
+    if raw.startswith(healed):
+        return raw[len(healed):]
+    return raw.lstrip(" \t")
+
+
+def _drop_repeated_suffix(lines: list[str], cursor: Cursor) -> list[str]:
+    """Stop where the model starts repeating the code after the cursor."""
+    if cursor.next_lines:
+        following = cursor.next_lines[0].strip()
+        for number, line in enumerate(lines[1:], 1):
+            if line.strip() == following:
+                return lines[:number]
+    after = cursor.line_after.strip()
+    if after and lines:
+        last = lines[-1].rstrip()
+        if last.endswith(after):
+            lines = lines[:-1] + [last[: len(last) - len(after)]]
+    return lines
+
+
+def _cut_unbalanced(text: str, depth: int, line_after: str) -> str:
+    """Cut before the first closing bracket that closes more than the cursor's line left
+    open, less what the rest of that line closes itself."""
+    closed_after = max(0, -_net_depth(line_after))
+    allowed = max(0, depth - closed_after)
+    for index, level in _scan(text, 0):
+        if level < -allowed:
+            return text[:index]
+    return text
+
+
+def _net_depth(text: str) -> int:
+    level = 0
+    for _, level in _scan(text, 0):
+        pass
+    return level

@@ -1,0 +1,1 @@
+"""Retrieval of repository context for one completion request."""

@@ -1,0 +1,1 @@
+"""The language server: protocol fixes, state, and one module per feature."""

@@ -1,0 +1,135 @@
+"""LSP feature handlers: thin async wrappers over the server's state and the pipeline.
+
+Every handler runs on the event loop and never blocks it: model and index work go to the
+server's own executors. Exceptions are logged (pygls answers requests with InternalError);
+nothing pops up at the user except model problems, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.uris import to_fs_path
+
+from aligncoder_lsp.config import Settings
+from aligncoder_lsp.pipeline import Completion
+from aligncoder_lsp.server.positions import to_client_units
+from aligncoder_lsp.server.server import AlignCoderServer
+from aligncoder_lsp.workspace.files import Skip, read_source
+
+logger = logging.getLogger(__name__)
+
+TRACE_COMMAND = "aligncoder.lastTrace"
+_WORD_BEFORE = re.compile(r"[A-Za-z0-9_]*$")
+
+
+def build_server(settings: Settings | None = None) -> AlignCoderServer:
+    server = AlignCoderServer(settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: AlignCoderServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options)
+        folders = [to_fs_path(f.uri) for f in params.workspace_folders or []]
+        if not folders and (root := params.root_uri or params.root_path):
+            folders = [to_fs_path(root) if "://" in root else root]
+        ls.roots = [Path(folder) for folder in folders if folder and Path(folder).is_dir()]
+        logger.info("workspace roots: %s", [str(root) for root in ls.roots] or "none")
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: AlignCoderServer, params: types.InitializedParams) -> None:
+        ls.spawn(ls.load_model, ls.model_executor, "model loading")
+        if ls.roots and ls.settings.retrieval.enabled:
+            task = server.loop.create_task(ls.index_workspace())
+            ls._tasks.add(task)
+            task.add_done_callback(ls._tasks.discard)
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: AlignCoderServer, params: None) -> None:
+        ls.cancel_all()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: AlignCoderServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_open_or_save(ls: AlignCoderServer, params) -> None:
+        ls.schedule_reindex(params.text_document.uri, delay=0)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: AlignCoderServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.schedule_reindex(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: AlignCoderServer, params: types.DidCloseTextDocumentParams) -> None:
+        """The buffer's unsaved text no longer counts: back to the file on disk."""
+        if (resolved := ls.indexable(params.text_document.uri)) is not None:
+            ls.spawn(lambda: _reload_from_disk(ls, resolved), ls.index_executor, "re-indexing")
+
+    @server.feature(
+        types.TEXT_DOCUMENT_COMPLETION,
+        types.CompletionOptions(trigger_characters=[".", "(", ",", " "], resolve_provider=False),
+    )
+    async def completion(ls: AlignCoderServer, params: types.CompletionParams) -> types.CompletionList:
+        request = ls.snapshot(params.text_document.uri, params.position)
+        result = await ls.complete(request)
+        if result is None or not result.text.strip():
+            return types.CompletionList(is_incomplete=False, items=[])
+        ls.last_trace = result.trace.to_json()
+        return types.CompletionList(is_incomplete=False, items=[_completion_item(ls, request, params.position, result)])
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: AlignCoderServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        request = ls.snapshot(params.text_document.uri, params.position)
+        result = await ls.complete(request)
+        if result is None or not result.text.strip():
+            return types.InlineCompletionList(items=[])
+        ls.last_trace = result.trace.to_json()
+        position = params.position
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=result.text,
+            range=types.Range(position, position),
+        )])
+
+    @server.command(TRACE_COMMAND)
+    def last_trace(ls: AlignCoderServer, *args) -> dict | None:
+        """The trace of the latest completion: mode, snippets, timings."""
+        return ls.last_trace
+
+    return server
+
+
+def _completion_item(ls: AlignCoderServer, request, position: types.Position, result: Completion) -> types.CompletionItem:
+    """One item that replaces the identifier being typed, so client-side filtering keeps it
+    while the user types on."""
+    line_text = request.text.split("\n")[request.line]
+    before = line_text[: request.column]
+    word = _WORD_BEFORE.search(before).group(0)
+    encoding = ls.workspace.position_encoding
+    start = types.Position(position.line, to_client_units(line_text, request.column - len(word), encoding))
+    new_text = word + result.text
+    first_line = new_text.split("\n", 1)[0].strip()
+    label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+    if "\n" in new_text:
+        label += " …"
+    return types.CompletionItem(
+        label=label,
+        kind=types.CompletionItemKind.Text,
+        detail="aligncoder",
+        documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```{request.language}\n{new_text}\n```"),
+        filter_text=new_text,
+        sort_text="0",
+        text_edit=types.TextEdit(types.Range(start, position), new_text),
+        data=result.trace.to_json(),
+    )
+
+
+def _reload_from_disk(ls: AlignCoderServer, path: Path) -> None:
+    source = read_source(path, ls.settings.index.max_file_bytes)
+    if isinstance(source, Skip):
+        ls.index.remove_file(str(path))
+    else:
+        ls.index.set_file(str(path), source.text)

@@ -1,0 +1,1 @@
+"""Workspace files: discovery and the guarded reader."""
