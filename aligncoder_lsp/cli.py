@@ -201,7 +201,7 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  generator  UNAVAILABLE: {error}")
         ok = False
     try:
-        print(f"  retriever  {settings.retrieval.retriever or embedded_retriever()}")
+        print(f"  retriever  {embedded_retriever()}")
     except ModelUnavailable as error:
         print(f"  retriever  UNAVAILABLE: {error}")
         ok = False

