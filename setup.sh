@@ -23,8 +23,10 @@ started=$SECONDS
 if [[ -z "${CMAKE_ARGS:-}" ]]; then
     # Portable x86-64 flags (-march=native also enables AMX kernels that crash on some VMs).
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-    if grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
+    has() { grep -qw "$1" /proc/cpuinfo 2>/dev/null; }
+    if has avx512f && has avx512vbmi && has avx512_vnni; then
         CMAKE_ARGS+=" -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON"
+        has avx512_bf16 && CMAKE_ARGS+=" -DGGML_AVX512_BF16=ON"
     fi
 fi
 build_key=$(printf '%s %s' "$LLAMA_VERSION" "$CMAKE_ARGS" | sha1sum | cut -c1-12)

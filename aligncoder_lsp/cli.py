@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", parents=[common], help="check versions, models and hardware")
     doctor.set_defaults(run=_doctor)
+
+    bench = commands.add_parser("bench", parents=[common], help="measure the real server on a real repository")
+    bench.add_argument("--tasks", type=Path, required=True, help="RepoEval-format JSONL (positions to complete at)")
+    bench.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
+    bench.add_argument("--repo", required=True, help="repository name, e.g. huggingface_evaluate")
+    bench.add_argument("--requests", type=int, default=25, help="completion requests to time")
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -168,6 +175,12 @@ def _complete(args: argparse.Namespace) -> int:
           f"{trace.generated_tokens}, stopped by {trace.stopped_by}", file=sys.stderr)
     print("timings (ms): " + ", ".join(f"{k} {v:g}" for k, v in trace.timings_ms.items()), file=sys.stderr)
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import server_bench
+
+    return server_bench.main(args)
 
 
 def _git_root(path: Path) -> Path | None:

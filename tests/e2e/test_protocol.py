@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.e2e.rpc import RpcPeer
+from aligncoder_lsp.evaluation.rpc import RpcPeer
 
 WORKSPACE = FIXTURES / "workspace"
 MAIN = WORKSPACE / "app" / "main.py"

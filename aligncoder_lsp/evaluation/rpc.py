@@ -1,4 +1,5 @@
-"""A minimal JSON-RPC peer over a subprocess's stdio, for exact protocol tests."""
+"""A minimal LSP client over a server subprocess's stdio: exact protocol tests and
+benchmarks of the real server process."""
 
 from __future__ import annotations
 
@@ -8,20 +9,21 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 SERVER = [sys.executable, "-m", "aligncoder_lsp", "serve"]
 
 
 class RpcPeer:
-    def __init__(self, *args: str):
-        self.process = subprocess.Popen(
-            [*SERVER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, *args: str, stderr: Any = subprocess.PIPE):
+        self.process = subprocess.Popen([*SERVER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
         self.messages: queue.Queue[dict] = queue.Queue()
         self.notifications: list[dict] = []
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()
+        if self.process.stderr is not None:
+            threading.Thread(target=self.process.stderr.read, daemon=True).start()
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -33,6 +35,15 @@ class RpcPeer:
             if not line or length is None:
                 return
             self.messages.put(json.loads(stream.read(length)))
+
+    def _next(self, timeout: float) -> dict:
+        """The next message; notifications are recorded and server requests accepted."""
+        message = self.messages.get(timeout=timeout)
+        if "method" in message:
+            self.notifications.append(message)
+            if "id" in message:
+                self.send({"id": message["id"], "result": None})
+        return message
 
     def send_raw(self, body: bytes) -> None:
         self.process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -52,12 +63,18 @@ class RpcPeer:
 
     def response(self, msg_id: Any, timeout: float = 60) -> dict:
         while True:
-            message = self.messages.get(timeout=timeout)
-            if "method" in message:
-                self.notifications.append(message)
-                if "id" in message:  # a request from the server: accept it
-                    self.send({"id": message["id"], "result": None})
-            elif message.get("id") == msg_id:
+            message = self._next(timeout)
+            if "method" not in message and message.get("id") == msg_id:
+                return message
+
+    def wait_for(self, method: str, predicate: Callable[[Any], bool] = lambda _: True, timeout: float = 600) -> dict:
+        """Wait for a notification ``method`` whose params satisfy ``predicate``."""
+        for message in self.notifications:
+            if message["method"] == method and predicate(message.get("params")):
+                return message
+        while True:
+            message = self._next(timeout)
+            if message.get("method") == method and predicate(message.get("params")):
                 return message
 
     def initialize(self, root: str | None = None, capabilities: dict | None = None, options: dict | None = None) -> dict:

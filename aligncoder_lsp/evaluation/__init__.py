@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation on third-party data."""
