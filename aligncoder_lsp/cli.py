@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--json", action="store_true", help="print the result and trace as JSON")
     complete.set_defaults(run=_complete)
 
+    index = commands.add_parser("index", parents=[common], help="build or refresh the index of a workspace")
+    index.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="workspace folder(s)")
+    index.add_argument("--json", action="store_true", help="print the figures as JSON")
+    index.set_defaults(run=_index)
+
     doctor = commands.add_parser("doctor", parents=[common], help="check versions, models and hardware")
     doctor.set_defaults(run=_doctor)
 
@@ -148,7 +153,7 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
         return 2
     root = (args.workspace or _git_root(path) or path.parent).resolve()
-    index = WorkspaceIndex(settings.index)
+    index = WorkspaceIndex(settings.index, WorkspaceIndex.cache_file_for(settings.resolved_cache_dir(), [root]))
     stats = index.build([root]) if settings.retrieval.enabled else None
     engine = CompletionEngine(settings, index)
     request = CompletionRequest(str(path), text.replace("\r\n", "\n"), args.line - 1, args.col - 1,
@@ -174,6 +179,44 @@ def _complete(args: argparse.Namespace) -> int:
     print(f"tokens: prompt {trace.prompt_tokens} (reused {trace.reused_tokens}), generated "
           f"{trace.generated_tokens}, stopped by {trace.stopped_by}", file=sys.stderr)
     print("timings (ms): " + ", ".join(f"{k} {v:g}" for k, v in trace.timings_ms.items()), file=sys.stderr)
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+
+    settings = load_settings(args)
+    roots = [path.resolve() for path in args.paths]
+    missing = [str(root) for root in roots if not root.is_dir()]
+    if missing:
+        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    index = WorkspaceIndex(settings.index, WorkspaceIndex.cache_file_for(settings.resolved_cache_dir(), roots))
+    stats = index.build(roots)
+    report = {
+        "files": stats.files,
+        "snippets": stats.snippets,
+        "dependency_definitions": stats.dependency_definitions,
+        "reindexed_files": stats.reindexed,
+        "removed_files": stats.removed,
+        "skipped": dict(stats.skipped),
+        "from_cache": stats.loaded_from_cache,
+        "seconds": {phase: round(seconds, 3) for phase, seconds in stats.phases.items()},
+        "total_seconds": round(stats.seconds, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "cache": str(index.cache_file),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['files']} files, {report['snippets']} snippets, {report['dependency_definitions']} "
+          f"dependency definitions ({report['reindexed_files']} files (re)indexed, {report['removed_files']} removed"
+          f"{', from cache' if stats.loaded_from_cache else ''})")
+    skipped = ", ".join(f"{count} {reason}" for reason, count in stats.skipped.items()) or "none"
+    print(f"skipped: {skipped}")
+    print("seconds: " + ", ".join(f"{phase} {seconds:.3f}" for phase, seconds in report["seconds"].items())
+          + f"; total {stats.seconds:.2f}")
+    print(f"peak memory: {report['peak_rss_mib']} MiB; cache: {index.cache_file}")
     return 0
 
 

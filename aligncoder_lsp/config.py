@@ -40,6 +40,8 @@ class RetrievalSettings:
     """Put snippets of other workspace files into the prompt."""
     top_k: int = 3
     """Snippets from other files placed into the prompt."""
+    dependencies: int = 2
+    """Signatures of what the current file imports placed into the prompt."""
     query_lines: int = 20
     """Non-empty lines before the cursor that form the retrieval query."""
     context_tokens: int = 600

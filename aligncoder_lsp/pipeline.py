@@ -19,7 +19,7 @@ from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedde
 from aligncoder_lsp.models.llama_backend import Cancelled, LlamaModel
 from aligncoder_lsp.models.prompts import heal_trailing_space, render_context, tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
-from aligncoder_lsp.retrieval.coarse import coarse_retrieve, query_from_prefix
+from aligncoder_lsp.retrieval.coarse import coarse_retrieve, query_from_prefix, rank_dependencies
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SnippetUse:
     source: str
 
     def describe(self) -> str:
-        return f"{self.path}:{self.start_line}-{self.end_line} ({self.source}, score {self.score:.2f})"
+        score = f", score {self.score:.2f}" if self.source == "base" else ""
+        return f"{self.path}:{self.start_line}-{self.end_line} ({self.source}{score})"
 
 
 @dataclass
@@ -141,19 +142,23 @@ class CompletionEngine:
         return Completion(text, trace)
 
     def _retrieve(self, request: CompletionRequest, prefix: str, model: LlamaModel, trace: Trace) -> str:
+        """Coarse context: dependency signatures of the current file and BM25 snippets of
+        the others, within the token budget (only text before the cursor is looked at)."""
         settings = self.settings.retrieval
         query = query_from_prefix(prefix, settings.query_lines)
-        hits = coarse_retrieve(self.index, query, settings.top_k, request.path)
+        dependencies = rank_dependencies(self.index.dependencies(request.path, prefix), query, settings.dependencies)
+        candidates = [(snippet, 0.0) for snippet in dependencies]
+        candidates += coarse_retrieve(self.index, query, settings.top_k, request.path)
         chosen: list[tuple[str, str]] = []
         used = 0
-        for snippet, score in hits:
+        for snippet, score in candidates:
             shown = self.index.relative(snippet.path)
             cost = model.count_tokens(snippet.text) + 8
             if used + cost > settings.context_tokens:
                 continue
             used += cost
             chosen.append((shown, snippet.text))
-            trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), "coarse"))
+            trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), snippet.kind))
         trace.mode = "retrieval" if chosen else "no-retrieval"
         # Least relevant first: the best snippet sits closest to the code being completed.
         return render_context(chosen[::-1], request.language)

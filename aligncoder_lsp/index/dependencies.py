@@ -54,7 +54,8 @@ class DependencyGraph:
             key = (file, definition.name)
             if file != path and key not in seen:
                 seen.add(key)
-                snippets.append(Snippet(file, definition.start, definition.end, definition.signature, "dependency"))
+                snippets.append(Snippet(file, definition.start, definition.end, definition.signature,
+                                        "dependency", definition.name))
         return snippets
 
     # Python

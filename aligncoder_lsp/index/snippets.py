@@ -14,6 +14,9 @@ class Snippet:
     end: int
     text: str
     kind: str = "base"
+    """``base`` (a Split-Aggregate block) or ``dependency`` (a signature the file imports)."""
+    symbol: str = ""
+    """The defined name, for dependency snippets."""
 
     def location(self) -> str:
         return f"{self.path}:{self.start + 1}-{self.end}"

@@ -1,9 +1,14 @@
-"""Coarse retrieval: BM25 over the snippet index with the code just before the cursor."""
+"""Coarse retrieval: BM25 over the base snippets, plus the current file's dependency snippets."""
 
 from __future__ import annotations
 
+import re
+
 from aligncoder_lsp.index.snippets import Snippet
+from aligncoder_lsp.index.tokenize import code_tokens
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def query_from_prefix(prefix: str, lines: int = 20) -> str:
@@ -13,5 +18,17 @@ def query_from_prefix(prefix: str, lines: int = 20) -> str:
 
 
 def coarse_retrieve(index: WorkspaceIndex, query: str, k: int, current_path: str) -> list[tuple[Snippet, float]]:
-    """Top-k snippets from files other than the one being completed."""
+    """Top-k base snippets from files other than the one being completed."""
     return index.search(query, k, exclude_path=current_path)
+
+
+def rank_dependencies(snippets: list[Snippet], query: str, k: int = 2) -> list[Snippet]:
+    """The ``k`` dependency snippets most related to the query: names used near the cursor
+    first, then by shared tokens."""
+    used = set(_IDENTIFIER.findall(query))
+    tokens = set(code_tokens(query))
+
+    def relevance(snippet: Snippet) -> tuple[bool, int]:
+        return snippet.symbol in used, len(tokens.intersection(code_tokens(snippet.text)))
+
+    return sorted(snippets, key=relevance, reverse=True)[:k]

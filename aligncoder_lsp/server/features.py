@@ -19,7 +19,6 @@ from aligncoder_lsp.config import Settings
 from aligncoder_lsp.pipeline import Completion
 from aligncoder_lsp.server.positions import to_client_units
 from aligncoder_lsp.server.server import AlignCoderServer
-from aligncoder_lsp.workspace.files import Skip, read_source
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,9 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
         folders = [to_fs_path(f.uri) for f in params.workspace_folders or []]
         if not folders and (root := params.root_uri or params.root_path):
             folders = [to_fs_path(root) if "://" in root else root]
-        ls.roots = [Path(folder) for folder in folders if folder and Path(folder).is_dir()]
+        ls.roots = [Path(folder).resolve() for folder in folders if folder and Path(folder).is_dir()]
+        if ls.roots:
+            ls.index.cache_file = ls.index.cache_file_for(ls.settings.resolved_cache_dir(), ls.roots)
         logger.info("workspace roots: %s", [str(root) for root in ls.roots] or "none")
 
     @server.feature(types.INITIALIZED)
@@ -66,7 +67,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     def did_close(ls: AlignCoderServer, params: types.DidCloseTextDocumentParams) -> None:
         """The buffer's unsaved text no longer counts: back to the file on disk."""
         if (resolved := ls.indexable(params.text_document.uri)) is not None:
-            ls.spawn(lambda: _reload_from_disk(ls, resolved), ls.index_executor, "re-indexing")
+            ls.spawn(lambda: ls.index.refresh_file(resolved), ls.index_executor, "re-indexing")
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION,
@@ -124,11 +125,3 @@ def _completion_item(ls: AlignCoderServer, request, position: types.Position, re
         text_edit=types.TextEdit(types.Range(start, position), new_text),
         data=result.trace.to_json(),
     )
-
-
-def _reload_from_disk(ls: AlignCoderServer, path: Path) -> None:
-    source = read_source(path, ls.settings.index.max_file_bytes)
-    if isinstance(source, Skip):
-        ls.index.remove_file(str(path))
-    else:
-        ls.index.set_file(str(path), source.text)

@@ -54,7 +54,7 @@ def test_import_cycles_terminate():
 
 def test_java_single_wildcard_static_and_same_package_imports():
     found = _deps(DEPS / "java", "src/main/java/com/acme/app/Main.java")
-    heads = {text.splitlines()[-len(text.splitlines()) + ("/**" in text)] for text in found.values()}
+    heads = {next(line for line in text.splitlines() if not line.startswith("/**")) for text in found.values()}
     assert heads == {"public class Item {", "public interface Price {", "public final class Util {", "class Helper {"}
     item = next(text for key, text in found.items() if "Item" in key)
     assert "public String getName();" in item
