@@ -6,6 +6,7 @@ a long token prefix (the KV cache is reused) whenever the context did not change
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 COMMENT = {"python": "#", "java": "//"}
@@ -25,20 +26,38 @@ def render_context(snippets: list[tuple[str, str]], language: str) -> str:
     return "\n".join(out) + "\n\n"
 
 
-def tail_within(text: str, budget: int, count: Callable[[str], int]) -> str:
-    """The longest suffix of ``text`` made of whole lines that fits ``budget`` tokens
-    (a single over-long line is cut by characters)."""
-    window = text[-budget * 8:]
-    if len(window) < len(text) and "\n" in window:
-        window = window[window.index("\n") + 1:]
-    for _ in range(8):
-        used = count(window)
-        if used <= budget:
-            return window
-        excess = int(len(window) * (used - budget) / used) + 1
-        newline = window.find("\n", excess)
-        window = window[newline + 1:] if newline >= 0 else window[excess:]
+def tail_within(text: str, budget: int, count: Callable[[str], int], granularity: int = 16) -> str:
+    """A suffix of ``text`` made of whole lines that fits ``budget`` tokens.
+
+    The first line kept is a multiple of ``granularity`` in the file, so the window's start
+    (and with it the prompt's token prefix, whose KV cache is reused) stays put while the
+    user types on at the end; a single over-long line is cut by characters.
+    """
+    base = max(0, len(text) - budget * 8)  # no token is shorter than 1/8 of a line's share
+    if base:
+        base = text.find("\n", base) + 1 or base
+    starts = [base] + [match.end() + base for match in re.finditer("\n", text[base:])]
+    line = _first_line_within(text, starts, budget, count)
+    first_number = text.count("\n", 0, base)
+    rounded = -(-(first_number + line) // granularity) * granularity - first_number
+    if rounded - line > (len(starts) - line) // 2:  # rounding would lose most of a short window
+        rounded = line
+    window = text[starts[rounded]:]
+    if count(window) > budget:  # one line longer than the whole budget
+        window = window[len(window) - budget * 2:]
     return window
+
+
+def _first_line_within(text: str, starts: list[int], budget: int, count: Callable[[str], int]) -> int:
+    """The smallest line index whose tail fits the budget (binary search on lines)."""
+    low, high = 0, len(starts) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if count(text[starts[middle]:]) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def heal_trailing_space(prefix: str) -> tuple[str, str]:

@@ -12,8 +12,13 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def query_from_prefix(prefix: str, lines: int = 20) -> str:
-    """The last ``lines`` non-empty lines before the cursor."""
-    tail = [line for line in prefix.split("\n")[-4 * lines:] if line.strip()]
+    """The last ``lines`` non-empty complete lines before the cursor's line.
+
+    The line being typed is left out so that the query, and with it the retrieved context
+    at the head of the prompt, stays the same while the user types on one line.
+    """
+    complete = prefix[: prefix.rfind("\n") + 1].split("\n")
+    tail = [line for line in complete[-4 * lines:] if line.strip()]
     return "\n".join(tail[-lines:])
 
 
