@@ -5,7 +5,8 @@
   ParseError;
 * requests after ``shutdown`` are answered with InvalidRequest (pygls drops them);
 * utf-8 positions are chosen whenever the client offers them, utf-16 otherwise;
-* ``exit`` records the exit code (0 after ``shutdown``, 1 otherwise) for the CLI.
+* ``exit`` records the exit code (0 after ``shutdown``, 1 otherwise) for the CLI, and
+  ends a TCP server cleanly.
 """
 
 from __future__ import annotations
@@ -76,4 +77,11 @@ class AlignProtocol(LanguageServerProtocol):
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args):
         self.exit_code = 0 if self._shutdown else 1
-        return (yield from super().lsp_exit(*args))
+        listener = self._server._server
+        if listener is None:  # stdio: pygls ends the loop by raising SystemExit
+            return (yield from super().lsp_exit(*args))
+        # TCP: stop listening, which ends start_tcp without an exception in a callback
+        if self.writer is not None:
+            self.writer.close()
+        listener.close()
+        return None

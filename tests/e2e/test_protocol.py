@@ -5,6 +5,10 @@ and the user must get one clear message.
 """
 
 import json
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -103,3 +107,42 @@ def test_positions_beyond_the_document_are_clamped(peer):
     _open_main(peer)
     response = peer.request("textDocument/completion", _completion(line=999, character=999))
     assert "result" in response
+
+
+def test_tcp_server_lifecycle():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "aligncoder_lsp", "serve", "--tcp", "--port", str(port),
+                               "--model", MISSING_MODEL], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                assert server.poll() is None and time.monotonic() < deadline, "the TCP server did not start"
+                time.sleep(0.1)
+        reader = connection.makefile("rb")
+
+        def call(message: dict) -> dict | None:
+            body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+            connection.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            if "id" not in message:
+                return None
+            while True:
+                length = int(reader.readline().split(b":")[1])
+                while reader.readline() != b"\r\n":
+                    pass
+                reply = json.loads(reader.read(length))
+                if reply.get("id") == message["id"]:
+                    return reply
+
+        assert "capabilities" in call({"id": 1, "method": "initialize", "params": {"capabilities": {}}})["result"]
+        assert call({"id": 2, "method": "shutdown"})["result"] is None
+        call({"method": "exit"})
+        assert server.wait(30) == 0
+        assert b"Traceback" not in server.stderr.read()
+    finally:
+        server.kill()
