@@ -49,6 +49,22 @@ class RetrievalSettings:
 
 
 @dataclass
+class RetrieverSettings:
+    """The dense AlignRetriever (a sentence-transformers encoder) and the snippet vectors."""
+
+    model: str = ""
+    """sentence-transformers folder; empty means the embedded all-MiniLM-L6-v2."""
+    precision: str = "auto"
+    """auto, float32 or bfloat16 (auto: bfloat16 where the CPU has native support)."""
+    max_tokens: int = 256
+    """Tokens of a snippet the encoder reads."""
+    threads: int = 1
+    """CPU threads for embedding (kept low so completions keep a core)."""
+    background: bool = True
+    """Embed the workspace's snippets in the background after indexing."""
+
+
+@dataclass
 class IndexSettings:
     """Which workspace files are indexed and how they are cut into snippets."""
 
@@ -76,6 +92,7 @@ class CompletionSettings:
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    retriever: RetrieverSettings = field(default_factory=RetrieverSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     cache_dir: str = ""

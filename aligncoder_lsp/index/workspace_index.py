@@ -25,6 +25,7 @@ from aligncoder_lsp.config import IndexSettings
 from aligncoder_lsp.index.bm25 import BM25
 from aligncoder_lsp.index.chunker import split_aggregate
 from aligncoder_lsp.index.dependencies import DependencyGraph
+from aligncoder_lsp.index.embeddings import VectorStore, text_key
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.symbols import FileSymbols, extract
 from aligncoder_lsp.index.tokenize import code_tokens
@@ -65,6 +66,8 @@ class WorkspaceIndex:
         """(mtime_ns, size) of the file as indexed; None when indexed from an open buffer."""
         self._next_id = 0
         self._graphs: dict[Path, DependencyGraph] = {}
+        self._keys: dict[int, bytes] = {}
+        self.vectors = VectorStore()
 
     @property
     def file_count(self) -> int:
@@ -169,8 +172,10 @@ class WorkspaceIndex:
             for snippet, tokens in tokenized:
                 ids.append(self._next_id)
                 self._snippets[self._next_id] = snippet
+                self._keys[self._next_id] = text_key(snippet.text)
                 self._bm25.add(self._next_id, tokens)
                 self._next_id += 1
+            self.vectors.invalidate()
             self._by_path[path] = ids
             self._disk[path] = (source.mtime_ns, source.size) if source is not None else None
             if root is not None and symbols is not None:
@@ -190,17 +195,19 @@ class WorkspaceIndex:
         for snippet_id in self._by_path.get(path, ()):
             self._bm25.remove(snippet_id)
             del self._snippets[snippet_id]
+            del self._keys[snippet_id]
+        self.vectors.invalidate()
 
     def _reset(self, roots: list[Path]) -> None:
         self.roots = roots
         self._bm25 = BM25()
-        self._snippets, self._by_path, self._disk = {}, {}, {}
+        self._snippets, self._by_path, self._disk, self._keys = {}, {}, {}, {}
         self._next_id = 0
         self._graphs = {root: DependencyGraph() for root in roots}
 
     # -- persistence ---------------------------------------------------------------------
 
-    _STATE = ("roots", "_bm25", "_snippets", "_by_path", "_disk", "_next_id", "_graphs")
+    _STATE = ("roots", "_bm25", "_snippets", "_by_path", "_disk", "_next_id", "_graphs", "_keys", "vectors")
 
     def _cache_key(self) -> tuple:
         return CACHE_FORMAT, __version__, self.settings.block_lines, self.settings.max_file_bytes
@@ -210,6 +217,7 @@ class WorkspaceIndex:
         if self.cache_file is None:
             return
         with self._lock:
+            self.vectors.prune(self._keys.values())
             state = {name: getattr(self, name) for name in self._STATE}
             data = pickle.dumps({"key": self._cache_key(), "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
         try:
@@ -260,6 +268,35 @@ class WorkspaceIndex:
                 logger.exception("dependency resolution failed for %s", path)
                 return []
         return [replace(s, path=str(root / s.path)) for s in found]
+
+    # -- vectors ---------------------------------------------------------------------------
+
+    def pending_embeddings(self, limit: int) -> list[tuple[bytes, str]]:
+        """Up to ``limit`` distinct snippet texts that have no vector yet."""
+        pending: dict[bytes, str] = {}
+        with self._lock:
+            for snippet_id, key in self._keys.items():
+                if key not in self.vectors and key not in pending:
+                    pending[key] = self._snippets[snippet_id].text
+                    if len(pending) >= limit:
+                        break
+        return list(pending.items())
+
+    def add_embeddings(self, keys: list[bytes], vectors) -> None:
+        with self._lock:
+            self.vectors.add(keys, vectors)
+
+    @property
+    def embedded_count(self) -> int:
+        with self._lock:
+            return sum(1 for key in self._keys.values() if key in self.vectors)
+
+    def dense_search(self, query_vector, k: int, exclude_path: str | None = None) -> list[tuple[Snippet, float]]:
+        """Top-k snippets by cosine similarity to ``query_vector`` (embedded snippets only)."""
+        with self._lock:
+            ranked = self.vectors.search(query_vector, 4 * k + 16, self._keys)
+            hits = [(self._snippets[i], score) for i, score in ranked if self._snippets[i].path != exclude_path]
+        return hits[:k]
 
     def relative(self, path: str) -> str:
         """``path`` relative to the workspace root that holds it."""

@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from aligncoder_lsp import __version__
 from aligncoder_lsp.config import Settings, merge
+from aligncoder_lsp.index.embeddings import Encoder
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequest
@@ -38,6 +39,10 @@ class AlignCoderServer(LanguageServer):
         self.engine = CompletionEngine(self.settings, self.index)
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self.encoder: Encoder | None = None
+        self._embedding = False
+        self._closing = False
         self.roots: list[Path] = []
         self.model_error: str | None = None
         self.last_trace: dict | None = None
@@ -101,6 +106,44 @@ class AlignCoderServer(LanguageServer):
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(
                 message=f"{stats.files} files, {stats.snippets} snippets"))
+        self.schedule_embedding()
+
+    def schedule_embedding(self) -> None:
+        """Embed snippets that have no vector yet, in the background (one run at a time)."""
+        if self.settings.retriever.background and not self._embedding and not self._closing:
+            self._embedding = True
+            self.track(asyncio.get_running_loop().create_task(self._embed_pending()), "embedding")
+
+    async def _embed_pending(self) -> None:
+        try:
+            pending = self.index.pending_embeddings(limit=10**9)
+            if not pending:
+                return
+            if self.encoder is None:
+                retriever = self.settings.retriever
+                self.encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
+            token = "aligncoder/embed"
+            progress = await self._begin_progress(token, "Embedding snippets")
+            batch = 64
+            for start in range(0, len(pending), batch):
+                if self._closing:
+                    return
+                keys, texts = zip(*pending[start:start + batch])
+                try:
+                    vectors = await self.spawn(lambda: self.encoder.encode(list(texts)), self.embed_executor, "embedding")
+                except ModelUnavailable as error:
+                    self.report_model_error(error)
+                    return
+                self.index.add_embeddings(list(keys), vectors)
+                if progress:
+                    done = min(start + batch, len(pending))
+                    self.work_done_progress.report(token, types.WorkDoneProgressReport(
+                        message=f"{done}/{len(pending)} snippets", percentage=int(100 * done / len(pending))))
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{len(pending)} snippets embedded"))
+            self.spawn(self.index.save, self.index_executor, "saving the index")
+        finally:
+            self._embedding = False
 
     async def _begin_progress(self, token: str, title: str) -> bool:
         capabilities = self.client_capabilities
@@ -143,7 +186,8 @@ class AlignCoderServer(LanguageServer):
         document = self.workspace.text_documents.get(uri)
         if path is not None and document is not None:
             text = document.source
-            self.spawn(lambda: self.index.set_file(str(path), text), self.index_executor, "re-indexing")
+            done = self.spawn(lambda: self.index.set_file(str(path), text), self.index_executor, "re-indexing")
+            done.add_done_callback(lambda _: self.schedule_embedding())
 
     def indexable(self, uri: str) -> Path | None:
         """The resolved path of ``uri`` if it is a source file inside a workspace root."""
@@ -204,11 +248,13 @@ class AlignCoderServer(LanguageServer):
 
     def close(self) -> None:
         """Stop background work (called when the connection ends)."""
+        self._closing = True
         self.cancel_all()
         for future in list(self._tasks):
             future.cancel()
         self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.index_executor.shutdown(wait=False, cancel_futures=True)
+        self.embed_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- error reporting -------------------------------------------------------------
 

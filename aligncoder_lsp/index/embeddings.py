@@ -1,0 +1,141 @@
+"""Dense vectors of snippets for the AlignRetriever: the encoder and the vector store.
+
+The encoder is any sentence-transformers folder (default: the embedded all-MiniLM-L6-v2).
+On CPUs with native bfloat16 (AVX512-BF16 / AMX) it runs in bfloat16, about 3x faster
+than float32 with the same rankings (``aligncoder-lsp bench embeddings`` measures both).
+Vectors are keyed by a hash of the snippet text, so unchanged snippets are never embedded
+twice, across edits, rebuilds and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def native_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str) -> str:
+    if requested == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return requested
+
+
+class Encoder:
+    """A sentence-transformers model, loaded on first use; thread-safe."""
+
+    def __init__(self, folder: str = "", precision: str = "auto", max_seq_length: int = 256, threads: int = 0):
+        self.folder = Path(folder).expanduser() if folder else None
+        self.precision = resolve_precision(precision)
+        self.max_seq_length = max_seq_length
+        self.threads = threads
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        folder = self.folder or embedded_retriever()
+        if not (folder / "modules.json").exists() and not (folder / "config.json").exists():
+            raise ModelUnavailable(f"retriever folder {folder} holds no sentence-transformers model")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        try:
+            model = SentenceTransformer(str(folder), device="cpu", local_files_only=True,
+                                        model_kwargs={"torch_dtype": dtype})
+        except Exception as error:  # corrupt weights, missing files, bad config
+            raise ModelUnavailable(f"could not load the retriever {folder}: {error}") from error
+        model.max_seq_length = self.max_seq_length
+        logger.info("loaded retriever %s (%s, max %d tokens)", folder, self.precision, self.max_seq_length)
+        return model
+
+    @property
+    def dimension(self) -> int:
+        return self.model().get_sentence_embedding_dimension()
+
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        import torch
+
+        model = self.model()
+        with self._lock, torch.inference_mode():
+            vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                   convert_to_tensor=True, show_progress_bar=False)
+        return vectors.float().cpu().numpy()
+
+
+class VectorStore:
+    """Vectors by text key (float16), and a matrix of the live snippets for top-k search."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[bytes, np.ndarray] = {}
+        self._matrix: np.ndarray | None = None
+        self._rows: list[int] = []
+
+    def __getstate__(self):
+        return {"vectors": self.vectors}
+
+    def __setstate__(self, state):
+        self.__init__()
+        self.vectors = state["vectors"]
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.vectors
+
+    def add(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        for key, vector in zip(keys, vectors):
+            self.vectors[key] = vector.astype(np.float16)
+        self._matrix = None
+
+    def invalidate(self) -> None:
+        self._matrix = None
+
+    def prune(self, live: Iterable[bytes]) -> None:
+        keep = set(live)
+        self.vectors = {key: vector for key, vector in self.vectors.items() if key in keep}
+        self._matrix = None
+
+    def search(self, query: np.ndarray, k: int, snippets: dict[int, bytes]) -> list[tuple[int, float]]:
+        """Top-k snippet ids by cosine similarity (snippets without a vector are left out)."""
+        if self._matrix is None:
+            self._rows = [sid for sid, key in snippets.items() if key in self.vectors]
+            self._matrix = (np.stack([self.vectors[snippets[sid]] for sid in self._rows]).astype(np.float32)
+                            if self._rows else np.zeros((0, query.shape[-1]), np.float32))
+        if not self._rows:
+            return []
+        scores = self._matrix @ query.astype(np.float32)
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k] if len(scores) > k else np.arange(len(scores))
+        top = top[np.argsort(-scores[top])]
+        return [(self._rows[i], float(scores[i])) for i in top]
+
+    def similarity(self, query: np.ndarray, keys: list[bytes]) -> list[float | None]:
+        return [float(self.vectors[key].astype(np.float32) @ query) if key in self.vectors else None for key in keys]
