@@ -29,7 +29,7 @@ from aligncoder_lsp.index.embeddings import VectorStore, text_key
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.symbols import FileSymbols, extract
 from aligncoder_lsp.index.tokenize import code_tokens
-from aligncoder_lsp.workspace.files import Skip, SourceFile, discover, language_of, read_source
+from aligncoder_lsp.workspace.files import Skip, SourceFile, discover, is_indexable, language_of, read_source
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,36 @@ class WorkspaceIndex:
             self.remove_file(str(path))
         else:
             self._index(str(path), source.text, source, Counter())
+
+    def apply_changes(self, paths: set[Path], skip_path: Callable[[Path], bool] = lambda _: False) -> int:
+        """Bring the files at or under ``paths`` (from filesystem events) up to date with the
+        disk; files ``skip_path`` rejects (open buffers) are left alone. Returns the number
+        of files changed in the index."""
+        changed = 0
+        settings = self.settings
+        for path in sorted(paths):
+            root, _ = self._locate(str(path))
+            if root is None:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                for found in discover(root, settings.include, settings.exclude, under=path):
+                    if not skip_path(found) and not self._is_current(found, str(found)):
+                        self.refresh_file(found)
+                        changed += 1
+                continue
+            prefix = str(path) + os.sep
+            with self._lock:
+                gone = [key for key in self._by_path if key == str(path) or key.startswith(prefix)]
+            if path.exists() and is_indexable(root, path, settings.include, settings.exclude):
+                if not skip_path(path) and not self._is_current(path, str(path)):
+                    self.refresh_file(path)
+                    changed += 1
+                continue
+            for key in gone:
+                if not skip_path(Path(key)):
+                    self.remove_file(key)
+                    changed += 1
+        return changed
 
     def _index(self, path: str, text: str, source: SourceFile | None, phases: Counter) -> None:
         clock = time.perf_counter()

@@ -23,6 +23,8 @@ from aligncoder_lsp.server.server import AlignCoderServer
 logger = logging.getLogger(__name__)
 
 TRACE_COMMAND = "aligncoder.lastTrace"
+STATUS_COMMAND = "aligncoder.indexStatus"
+SEARCH_COMMAND = "aligncoder.search"
 _WORD_BEFORE = re.compile(r"[A-Za-z0-9_]*$")
 
 
@@ -67,7 +69,8 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     def did_close(ls: AlignCoderServer, params: types.DidCloseTextDocumentParams) -> None:
         """The buffer's unsaved text no longer counts: back to the file on disk."""
         if (resolved := ls.indexable(params.text_document.uri)) is not None:
-            ls.spawn(lambda: ls.index.refresh_file(resolved), ls.index_executor, "re-indexing")
+            done = ls.spawn(lambda: ls.index.refresh_file(resolved), ls.index_executor, "re-indexing")
+            done.add_done_callback(lambda _: ls.schedule_embedding())
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION,
@@ -93,6 +96,18 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
             insert_text=result.text,
             range=types.Range(position, position),
         )])
+
+    @server.command(STATUS_COMMAND)
+    def index_status(ls: AlignCoderServer, *args) -> dict:
+        """Files, snippets and embedded snippets in the index."""
+        return {"roots": [str(root) for root in ls.index.roots], "files": ls.index.file_count,
+                "snippets": ls.index.snippet_count, "embedded": ls.index.embedded_count}
+
+    @server.command(SEARCH_COMMAND)
+    def search(ls: AlignCoderServer, query: str, k: int) -> list[dict]:
+        """What BM25 retrieval finds for ``query``: path, 1-based lines, score."""
+        return [{"path": ls.index.relative(snippet.path), "lines": [snippet.start + 1, snippet.end],
+                 "score": round(score, 3)} for snippet, score in ls.index.search(query, k)]
 
     @server.command(TRACE_COMMAND)
     def last_trace(ls: AlignCoderServer, *args) -> dict | None:

@@ -25,6 +25,7 @@ from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequ
 from aligncoder_lsp.server.positions import to_code_points
 from aligncoder_lsp.server.protocol import AlignProtocol
 from aligncoder_lsp.workspace.files import language_of
+from aligncoder_lsp.workspace.watcher import WorkspaceWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class AlignCoderServer(LanguageServer):
         self.encoder: Encoder | None = None
         self._embedding = False
         self._closing = False
+        self.watcher: WorkspaceWatcher | None = None
         self.roots: list[Path] = []
         self.model_error: str | None = None
         self.last_trace: dict | None = None
@@ -106,6 +108,7 @@ class AlignCoderServer(LanguageServer):
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(
                 message=f"{stats.files} files, {stats.snippets} snippets"))
+        self.watch_workspace()
         self.schedule_embedding()
 
     def schedule_embedding(self) -> None:
@@ -115,35 +118,62 @@ class AlignCoderServer(LanguageServer):
             self.track(asyncio.get_running_loop().create_task(self._embed_pending()), "embedding")
 
     async def _embed_pending(self) -> None:
+        """Embed until no snippet lacks a vector (edits made meanwhile are picked up too)."""
         try:
-            pending = self.index.pending_embeddings(limit=10**9)
-            if not pending:
-                return
-            if self.encoder is None:
-                retriever = self.settings.retriever
-                self.encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
-            token = "aligncoder/embed"
-            progress = await self._begin_progress(token, "Embedding snippets")
-            batch = 64
-            for start in range(0, len(pending), batch):
-                if self._closing:
+            while not self._closing and (pending := self.index.pending_embeddings(limit=10**9)):
+                if not await self._embed(pending):
                     return
-                keys, texts = zip(*pending[start:start + batch])
-                try:
-                    vectors = await self.spawn(lambda: self.encoder.encode(list(texts)), self.embed_executor, "embedding")
-                except ModelUnavailable as error:
-                    self.report_model_error(error)
-                    return
-                self.index.add_embeddings(list(keys), vectors)
-                if progress:
-                    done = min(start + batch, len(pending))
-                    self.work_done_progress.report(token, types.WorkDoneProgressReport(
-                        message=f"{done}/{len(pending)} snippets", percentage=int(100 * done / len(pending))))
-            if progress:
-                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{len(pending)} snippets embedded"))
-            self.spawn(self.index.save, self.index_executor, "saving the index")
+            if not self._closing:
+                self.spawn(self.index.save, self.index_executor, "saving the index")
         finally:
             self._embedding = False
+
+    async def _embed(self, pending: list[tuple[bytes, str]]) -> bool:
+        if self.encoder is None:
+            retriever = self.settings.retriever
+            self.encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
+        token = f"aligncoder/embed/{id(pending)}"
+        progress = len(pending) > 64 and await self._begin_progress(token, "Embedding snippets")
+        batch = 64
+        for start in range(0, len(pending), batch):
+            if self._closing:
+                return False
+            keys, texts = zip(*pending[start:start + batch])
+            try:
+                vectors = await self.spawn(lambda: self.encoder.encode(list(texts)), self.embed_executor, "embedding")
+            except ModelUnavailable as error:
+                self.report_model_error(error)
+                return False
+            self.index.add_embeddings(list(keys), vectors)
+            if progress:
+                done = min(start + batch, len(pending))
+                self.work_done_progress.report(token, types.WorkDoneProgressReport(
+                    message=f"{done}/{len(pending)} snippets", percentage=int(100 * done / len(pending))))
+        if progress:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{len(pending)} snippets embedded"))
+        return True
+
+    def watch_workspace(self) -> None:
+        """Apply file creations, edits, deletions and moves on disk to the index."""
+        if self._closing or self.watcher is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self.watcher = WorkspaceWatcher(
+            self.roots, lambda paths: loop.call_soon_threadsafe(self._apply_disk_changes, paths))
+        self.watcher.start()
+
+    def _apply_disk_changes(self, paths: set[Path]) -> None:
+        def apply() -> None:
+            if self.index.apply_changes(paths, skip_path=self.is_open):
+                logger.info("applied changes of %d paths on disk", len(paths))
+                self.index.save()
+
+        done = self.spawn(apply, self.index_executor, "applying file changes")
+        done.add_done_callback(lambda _: self.schedule_embedding())
+
+    def is_open(self, path: Path) -> bool:
+        """Open buffers override the disk."""
+        return any(Path(to_fs_path(uri) or "").resolve() == path for uri in list(self.workspace.text_documents))
 
     async def _begin_progress(self, token: str, title: str) -> bool:
         capabilities = self.client_capabilities
@@ -250,6 +280,8 @@ class AlignCoderServer(LanguageServer):
         """Stop background work (called when the connection ends)."""
         self._closing = True
         self.cancel_all()
+        if self.watcher is not None:
+            self.watcher.stop()
         for future in list(self._tasks):
             future.cancel()
         self.model_executor.shutdown(wait=False, cancel_futures=True)

@@ -102,15 +102,21 @@ class IgnoreRules:
         return False
 
 
-def discover(root: Path, include: list[str] = (), exclude: list[str] = ()) -> Iterator[Path]:
-    """Yield the Python and Java files under ``root`` that are not ignored.
+def discover(root: Path, include: list[str] = (), exclude: list[str] = (), under: Path | None = None) -> Iterator[Path]:
+    """Yield the Python and Java files under ``root`` (or only those under its subfolder
+    ``under``) that are not ignored.
 
     Directory symlinks are never followed (no loops, nothing outside the workspace); file
     symlinks are kept only when they resolve inside the root.
     """
     root = root.resolve()
     rules = IgnoreRules(root, list(include), list(exclude))
-    for directory, dirnames, filenames in os.walk(root, followlinks=False, onerror=_log_walk_error):
+    start = root
+    if under is not None:
+        if _ignored_on_the_way(rules, root, under, is_dir=True):
+            return
+        start = under
+    for directory, dirnames, filenames in os.walk(start, followlinks=False, onerror=_log_walk_error):
         current = Path(directory)
         rules.load_gitignore(current)
         relative_dir = current.relative_to(root).as_posix()
@@ -127,6 +133,32 @@ def discover(root: Path, include: list[str] = (), exclude: list[str] = ()) -> It
                 logger.info("skipping %s: symlink leaves the workspace", path)
                 continue
             yield path
+
+
+def is_indexable(root: Path, path: Path, include: list[str] = (), exclude: list[str] = ()) -> bool:
+    """Whether ``path`` (a file under ``root``) is a source file discovery would yield."""
+    if language_of(path) is None:
+        return False
+    rules = IgnoreRules(root.resolve(), list(include), list(exclude))
+    if _ignored_on_the_way(rules, root.resolve(), path, is_dir=False):
+        return False
+    return not path.is_symlink() or _resolves_inside(path, root.resolve())
+
+
+def _ignored_on_the_way(rules: IgnoreRules, root: Path, target: Path, is_dir: bool) -> bool:
+    """Load the .gitignore files from ``root`` down to ``target`` and check every step."""
+    relative = target.relative_to(root)
+    current = root
+    for number, part in enumerate(relative.parts):
+        rules.load_gitignore(current)
+        current = current / part
+        last = number == len(relative.parts) - 1
+        step_is_dir = is_dir or not last
+        if rules.ignored(current.relative_to(root).as_posix(), is_dir=step_is_dir):
+            return True
+        if step_is_dir and current.is_symlink():
+            return True
+    return False
 
 
 def _resolves_inside(path: Path, root: Path) -> bool:

@@ -1,0 +1,86 @@
+"""The server keeps its index correct as files change on disk and in buffers, and survives
+odd files and a corrupted cache."""
+
+import os
+import time
+
+import pytest
+
+from aligncoder_lsp.config import IndexSettings
+from aligncoder_lsp.evaluation.rpc import RpcPeer
+from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+
+
+def _command(peer: RpcPeer, name: str, *arguments):
+    response = peer.request("workspace/executeCommand", {"command": name, "arguments": list(arguments)})
+    assert "result" in response, response
+    return response["result"]
+
+
+def _eventually(check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the index did not catch up"
+        time.sleep(0.1)
+
+
+def _paths(peer: RpcPeer, query: str) -> set[str]:
+    return {hit["path"] for hit in _command(peer, "aligncoder.search", query, 10)}
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    root = tmp_path / "ws"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "alpha.py").write_text("def alphaonly(x):\n    return x + 1\n")
+    (root / "Beta.java").write_text("class Beta { int betaonly() { return 2; } }\n")
+    for number in range(8):
+        (root / "pkg" / f"filler{number}.py").write_text(f"value_{number} = {number}\n")
+    (root / "binary.py").write_bytes(b"\x00\x01 binary")
+    (root / "latin1.py").write_bytes("x = 'caf\xe9'\n".encode("latin-1"))
+    os.symlink(root, root / "pkg" / "loop")
+    return root
+
+
+def test_live_index_through_the_server(workspace, tmp_path):
+    cache = tmp_path / "cache"
+    cache_file = WorkspaceIndex.cache_file_for(cache, [workspace])
+    cache_file.parent.mkdir(parents=True)
+    cache_file.write_bytes(b"corrupted cache")
+    peer = RpcPeer("--model", "/nonexistent/model.gguf", "--cache-dir", str(cache))
+    try:
+        peer.initialize(workspace.as_uri(), {"window": {"workDoneProgress": True}})
+        peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
+        status = _command(peer, "aligncoder.indexStatus")
+        assert status["files"] == 10
+        assert _paths(peer, "alphaonly") == {"pkg/alpha.py"}
+
+        (workspace / "pkg" / "alpha.py").write_text("def gammaonly(y):\n    return y\n")
+        _eventually(lambda: _paths(peer, "gammaonly") == {"pkg/alpha.py"})
+        assert _paths(peer, "alphaonly") == set()
+
+        (workspace / "Beta.java").rename(workspace / "Renamed.java")
+        _eventually(lambda: _paths(peer, "betaonly") == {"Renamed.java"})
+
+        (workspace / "Renamed.java").unlink()
+        _eventually(lambda: _paths(peer, "betaonly") == set())
+
+        uri = (workspace / "pkg" / "alpha.py").as_uri()
+        peer.notify("textDocument/didOpen", {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "def bufferonly():\n    pass\n"}})
+        _eventually(lambda: _paths(peer, "bufferonly") == {"pkg/alpha.py"})
+        (workspace / "pkg" / "alpha.py").write_text("def diskonly():\n    pass\n")
+        time.sleep(1.0)  # the watcher has seen the write by now; the open buffer must still win
+        assert _paths(peer, "bufferonly") == {"pkg/alpha.py"} and _paths(peer, "diskonly") == set()
+        peer.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        _eventually(lambda: _paths(peer, "diskonly") == {"pkg/alpha.py"})
+
+        _eventually(lambda: (s := _command(peer, "aligncoder.indexStatus"))["embedded"] == s["snippets"], 120)
+        assert peer.request("shutdown")["result"] is None
+        peer.notify("exit")
+        assert peer.wait() == 0
+    finally:
+        peer.close()
+    reloaded = WorkspaceIndex(IndexSettings(), cache_file)
+    assert reloaded.build([workspace]).loaded_from_cache
+    assert reloaded.embedded_count == reloaded.snippet_count
