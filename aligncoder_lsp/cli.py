@@ -68,12 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", parents=[common], help="check versions, models and hardware")
     doctor.set_defaults(run=_doctor)
 
-    bench = commands.add_parser("bench", parents=[common], help="measure the real server on a real repository")
-    bench.add_argument("--tasks", type=Path, required=True, help="RepoEval-format JSONL (positions to complete at)")
-    bench.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
-    bench.add_argument("--repo", required=True, help="repository name, e.g. huggingface_evaluate")
-    bench.add_argument("--requests", type=int, default=25, help="completion requests to time")
-    bench.set_defaults(run=_bench)
+    bench = commands.add_parser("bench", help="performance figures on real repositories")
+    benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    server = benches.add_parser("server", parents=[common], help="completion latency and memory of the real server")
+    server.add_argument("--tasks", type=Path, required=True, help="RepoEval-format JSONL (positions to complete at)")
+    server.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
+    server.add_argument("--repo", required=True, help="repository name, e.g. huggingface_evaluate")
+    server.add_argument("--requests", type=int, default=25, help="completion requests to time")
+    server.set_defaults(run=_bench_server)
+    index_bench = benches.add_parser("index", parents=[common], help="index build, re-index and embedding figures")
+    index_bench.add_argument("path", type=Path, help="a repository folder (copied; the original is not touched)")
+    index_bench.add_argument("--samples", type=int, default=40, help="saved files timed until visible")
+    index_bench.add_argument("--embed-limit", type=int, default=512, help="snippets embedded per precision")
+    index_bench.add_argument("--large-files", type=int, default=0, help="also index a synthetic workspace of N files")
+    index_bench.set_defaults(run=_bench_index)
     return parser
 
 
@@ -220,10 +228,16 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench_server(args: argparse.Namespace) -> int:
     from aligncoder_lsp.evaluation import server_bench
 
     return server_bench.main(args)
+
+
+def _bench_index(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import index_bench
+
+    return index_bench.main(args)
 
 
 def _git_root(path: Path) -> Path | None:

@@ -74,7 +74,7 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        return self.model().get_sentence_embedding_dimension()
+        return self.model().get_embedding_dimension()
 
     def model(self):
         with self._lock:

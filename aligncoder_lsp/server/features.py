@@ -50,7 +50,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: AlignCoderServer, params: None) -> None:
-        ls.cancel_all()
+        ls.stop_background()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: AlignCoderServer, params: types.DidChangeConfigurationParams) -> None:

@@ -45,6 +45,7 @@ class AlignCoderServer(LanguageServer):
         self._embedding = False
         self._closing = False
         self.watcher: WorkspaceWatcher | None = None
+        self._save_timer: asyncio.TimerHandle | None = None
         self.roots: list[Path] = []
         self.model_error: str | None = None
         self.last_trace: dict | None = None
@@ -102,13 +103,14 @@ class AlignCoderServer(LanguageServer):
                     self.work_done_progress.report, token,
                     types.WorkDoneProgressReport(message=message, percentage=percent))
 
+        # Watch first: changes made while the index builds are applied right after it.
+        self.spawn(lambda: self.watch_workspace(loop), self.index_executor, "watching the workspace")
         stats = await self.spawn(lambda: self.index.build(self.roots, report), self.index_executor, "indexing")
         logger.info("indexed %d files, %d snippets in %.2f s (skipped: %s)",
                     stats.files, stats.snippets, stats.seconds, dict(stats.skipped) or "none")
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(
                 message=f"{stats.files} files, {stats.snippets} snippets"))
-        self.watch_workspace()
         self.schedule_embedding()
 
     def schedule_embedding(self) -> None:
@@ -124,7 +126,7 @@ class AlignCoderServer(LanguageServer):
                 if not await self._embed(pending):
                     return
             if not self._closing:
-                self.spawn(self.index.save, self.index_executor, "saving the index")
+                self.schedule_save(delay=0)
         finally:
             self._embedding = False
 
@@ -153,23 +155,37 @@ class AlignCoderServer(LanguageServer):
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{len(pending)} snippets embedded"))
         return True
 
-    def watch_workspace(self) -> None:
-        """Apply file creations, edits, deletions and moves on disk to the index."""
+    def watch_workspace(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Apply file creations, edits, deletions and moves on disk to the index (starting
+        the observer walks the tree, so this runs on the index thread)."""
         if self._closing or self.watcher is not None:
             return
-        loop = asyncio.get_running_loop()
         self.watcher = WorkspaceWatcher(
             self.roots, lambda paths: loop.call_soon_threadsafe(self._apply_disk_changes, paths))
         self.watcher.start()
 
     def _apply_disk_changes(self, paths: set[Path]) -> None:
+        loop = asyncio.get_running_loop()
+
         def apply() -> None:
-            if self.index.apply_changes(paths, skip_path=self.is_open):
-                logger.info("applied changes of %d paths on disk", len(paths))
-                self.index.save()
+            changed = self.index.apply_changes(paths, skip_path=self.is_open)
+            if changed:
+                logger.info("applied changes of %d paths on disk (%d files)", len(paths), changed)
+                loop.call_soon_threadsafe(self.schedule_save)
 
         done = self.spawn(apply, self.index_executor, "applying file changes")
         done.add_done_callback(lambda _: self.schedule_embedding())
+
+    def schedule_save(self, delay: float = 10.0) -> None:
+        """Persist the index once changes have settled (a stale cache is only slower to
+        reload, never wrong: every file is checked on restart)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        self._save_timer = asyncio.get_running_loop().call_later(delay, self._save_now)
+
+    def _save_now(self) -> None:
+        self._save_timer = None
+        self.spawn(self.index.save, self.index_executor, "saving the index")
 
     def is_open(self, path: Path) -> bool:
         """Open buffers override the disk."""
@@ -271,22 +287,32 @@ class AlignCoderServer(LanguageServer):
             self._cancels.discard(cancel)
 
     def cancel_all(self) -> None:
+        """Stop running generations and pending re-index timers."""
         for cancel in list(self._cancels):
             cancel.set()
         for timer in self._reindex_timers.values():
             timer.cancel()
+        self._reindex_timers.clear()
+
+    def stop_background(self) -> None:
+        """Cancel background work while the event loop still runs (on ``shutdown``)."""
+        self._closing = True
+        self.cancel_all()
+        for future in list(self._tasks):
+            future.cancel()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
 
     def close(self) -> None:
-        """Stop background work (called when the connection ends)."""
+        """Release threads and persist pending index changes (after the event loop ended)."""
         self._closing = True
         self.cancel_all()
         if self.watcher is not None:
             self.watcher.stop()
-        for future in list(self._tasks):
-            future.cancel()
-        self.model_executor.shutdown(wait=False, cancel_futures=True)
-        self.index_executor.shutdown(wait=False, cancel_futures=True)
-        self.embed_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.model_executor, self.index_executor, self.embed_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
+        if self._save_timer is not None:  # changes not yet persisted
+            self.index.save()
 
     # -- error reporting -------------------------------------------------------------
 

@@ -24,7 +24,7 @@ class Debouncer:
     """Collects items; calls ``flush(items)`` after ``quiet`` seconds without new ones, or
     ``max_wait`` seconds after the first one, whichever comes first."""
 
-    def __init__(self, flush: Batch, quiet: float = 0.3, max_wait: float = 3.0):
+    def __init__(self, flush: Batch, quiet: float = 0.1, max_wait: float = 3.0):
         self.flush, self.quiet, self.max_wait = flush, quiet, max_wait
         self._items: set[Path] = set()
         self._first = self._last = 0.0
@@ -83,7 +83,7 @@ class _Handler(FileSystemEventHandler):
 class WorkspaceWatcher:
     """Watches workspace roots recursively and hands over debounced batches of paths."""
 
-    def __init__(self, roots: list[Path], on_batch: Batch, quiet: float = 0.3, max_wait: float = 3.0):
+    def __init__(self, roots: list[Path], on_batch: Batch, quiet: float = 0.1, max_wait: float = 3.0):
         self.debouncer = Debouncer(on_batch, quiet, max_wait)
         self.observer = Observer()
         handler = _Handler(self.debouncer)

@@ -140,3 +140,13 @@ def test_debouncer_flushes_by_max_wait_under_constant_events():
         time.sleep(0.02)
     debouncer.stop()
     assert len(batches) >= 2
+
+
+def test_several_roots(workspace, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "omega.py").write_text("def omegaonly():\n    pass\n")
+    index = WorkspaceIndex(IndexSettings(), WorkspaceIndex.cache_file_for(tmp_path / "cache", [workspace, other]))
+    index.build([workspace, other])
+    assert _found(index, "omegaonly") == {"omega.py"}
+    assert _found(index, "alphaonly") | _found(index, "alpha_function") == {"pkg/alpha.py", "pkg/__init__.py"}
