@@ -32,6 +32,13 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
 def run(tasks_file: Path, repos: Path, repo: str, requests: int, server_args: list[str]) -> dict:
     tasks = load_tasks(tasks_file, repo=repo)[:requests]
     if not tasks:
@@ -78,6 +85,7 @@ def _measure(peer: RpcPeer, root: Path, tasks: list[Task], started: float) -> di
         peer.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         path.unlink()
     rss = peak_rss_mib(peer.process.pid)
+    workers = {child: peak_rss_mib(child) for child in child_pids(peer.process.pid)}
     peer.request("shutdown")
     peer.notify("exit")
     return {
@@ -87,6 +95,7 @@ def _measure(peer: RpcPeer, root: Path, tasks: list[Task], started: float) -> di
         "latency_ms": _summary(latencies),
         "next_keystroke_latency_ms": _summary(keystrokes),
         "server_peak_rss_mib": round(rss),
+        "worker_processes_peak_rss_mib": [round(value) for value in workers.values()],
     }
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +95,46 @@ class Encoder:
             vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                    convert_to_tensor=True, show_progress_bar=False)
         return vectors.float().cpu().numpy()
+
+
+_worker_encoder: Encoder | None = None
+
+
+def _start_worker(folder: str, precision: str, max_seq_length: int, threads: int) -> None:
+    global _worker_encoder
+    os.nice(10)  # completions in the server process come first
+    _worker_encoder = Encoder(folder, precision, max_seq_length, threads)
+
+
+def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    return _worker_encoder.encode(texts)
+
+
+class EncoderProcess:
+    """An :class:`Encoder` in a child process at low priority.
+
+    Keeps torch, its thread pool and its memory out of the server process, so background
+    embedding never competes with llama.cpp inside one process.
+    """
+
+    def __init__(self, folder: str = "", precision: str = "auto", max_seq_length: int = 256, threads: int = 0):
+        self._arguments = (folder, precision, max_seq_length, threads)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"),
+                                             initializer=_start_worker, initargs=self._arguments)
+        try:
+            return self._pool.submit(_encode_in_worker, texts).result()
+        except BrokenProcessPool as error:
+            self._pool = None
+            raise ModelUnavailable(f"the retriever process stopped: {error}") from error
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 class VectorStore:

@@ -18,7 +18,7 @@ from pygls.uris import to_fs_path
 
 from aligncoder_lsp import __version__
 from aligncoder_lsp.config import Settings, merge
-from aligncoder_lsp.index.embeddings import Encoder
+from aligncoder_lsp.index.embeddings import EncoderProcess
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequest
@@ -41,7 +41,7 @@ class AlignCoderServer(LanguageServer):
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="index")
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self.encoder: Encoder | None = None
+        self.encoder: EncoderProcess | None = None
         self._embedding = False
         self._closing = False
         self.watcher: WorkspaceWatcher | None = None
@@ -133,11 +133,13 @@ class AlignCoderServer(LanguageServer):
     async def _embed(self, pending: list[tuple[bytes, str]]) -> bool:
         if self.encoder is None:
             retriever = self.settings.retriever
-            self.encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
+            self.encoder = EncoderProcess(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
         token = f"aligncoder/embed/{id(pending)}"
         progress = len(pending) > 64 and await self._begin_progress(token, "Embedding snippets")
-        batch = 64
+        batch = 16
         for start in range(0, len(pending), batch):
+            while self._cancels and not self._closing:  # completions get the CPU first
+                await asyncio.sleep(0.05)
             if self._closing:
                 return False
             keys, texts = zip(*pending[start:start + batch])
@@ -311,6 +313,8 @@ class AlignCoderServer(LanguageServer):
             self.watcher.stop()
         for executor in (self.model_executor, self.index_executor, self.embed_executor):
             executor.shutdown(wait=False, cancel_futures=True)
+        if self.encoder is not None:
+            self.encoder.close()
         if self._save_timer is not None:  # changes not yet persisted
             self.index.save()
 
