@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aligncoder_lsp import __version__
-from aligncoder_lsp.config import Settings
+from aligncoder_lsp.config import MODES, Settings
 from aligncoder_lsp.workspace.files import language_of
 
 logger = logging.getLogger("aligncoder_lsp")
@@ -59,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--no-retrieval", action="store_true", help="complete without repository context")
     complete.add_argument("--json", action="store_true", help="print the result and trace as JSON")
     complete.set_defaults(run=_complete)
+
+    evaluate = commands.add_parser("eval", parents=[common], help="completion quality on benchmark tasks")
+    evaluate.add_argument("--tasks", type=Path, required=True, help="RepoEval-format JSONL")
+    evaluate.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
+    evaluate.add_argument("--mode", choices=MODES, default="bm25")
+    evaluate.add_argument("--limit", type=int, help="evaluate N tasks (spread over repositories and levels)")
+    evaluate.add_argument("--out", type=Path, help="report JSON (default eval-MODE.json); .md and .png beside it")
+    evaluate.add_argument("--retriever", help="sentence-transformers folder of the dense retriever")
+    evaluate.set_defaults(run=_eval)
 
     index = commands.add_parser("index", parents=[common], help="build or refresh the index of a workspace")
     index.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="workspace folder(s)")
@@ -188,6 +197,15 @@ def _complete(args: argparse.Namespace) -> int:
           f"{trace.generated_tokens}, stopped by {trace.stopped_by}", file=sys.stderr)
     print("timings (ms): " + ", ".join(f"{k} {v:g}" for k, v in trace.timings_ms.items()), file=sys.stderr)
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import runner
+
+    settings = load_settings(args)
+    if args.retriever:
+        settings.retriever.model = args.retriever
+    return runner.main(args, settings)
 
 
 def _index(args: argparse.Namespace) -> int:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
+MODES = ("none", "bm25", "aligncoder", "aligncoder-no-enhance", "selective")
+
+
 @dataclass
 class ModelSettings:
     """The generator (and sampler) language models run through llama.cpp."""
@@ -38,6 +41,8 @@ class RetrievalSettings:
 
     enabled: bool = True
     """Put snippets of other workspace files into the prompt."""
+    mode: str = field(default="bm25", metadata={"choices": MODES})
+    """none, bm25, aligncoder, aligncoder-no-enhance or selective (see the README)."""
     top_k: int = 3
     """Snippets from other files placed into the prompt."""
     dependencies: int = 2
@@ -46,6 +51,22 @@ class RetrievalSettings:
     """Non-empty lines before the cursor that form the retrieval query."""
     context_tokens: int = 600
     """Token budget of the repository context."""
+    candidates: int = 16
+    """Coarse (BM25) candidates that fine retrieval re-ranks."""
+    drafts: int = 4
+    """Sampled draft continuations that enhance the fine-retrieval query."""
+    draft_tokens: int = 32
+    """Upper bound of tokens per draft."""
+    draft_prefix_tokens: int = 512
+    """Tokens of the code before the cursor in the sampler's prompt (drafts need local context)."""
+    draft_temperature: float = 0.8
+    """Sampling temperature of the drafts."""
+    draft_top_p: float = 0.95
+    """Nucleus sampling bound of the drafts."""
+    threshold: float = 0.5
+    """Selective mode: retrieve when the policy's probability reaches this."""
+    policy: str = ""
+    """Selective-retrieval policy (JSON); empty means the one shipped in weights/."""
 
 
 @dataclass
@@ -54,7 +75,7 @@ class RetrieverSettings:
 
     model: str = ""
     """sentence-transformers folder; empty means the embedded all-MiniLM-L6-v2."""
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
     """auto, float32 or bfloat16 (auto: bfloat16 where the CPU has native support)."""
     max_tokens: int = 256
     """Tokens of a snippet the encoder reads."""
@@ -129,18 +150,21 @@ def merge(target: Any, data: Any, where: str = "") -> list[str]:
         current = getattr(target, name)
         if dataclasses.is_dataclass(current):
             warnings.extend(merge(current, value, path))
-        elif _fits(current, value):
-            setattr(target, name, list(value) if isinstance(current, list) else value)
+        elif _fits(current, value, choices := fields[name].metadata.get("choices", ())):
+            setattr(target, name, list(value) if isinstance(current, list) else type(current)(value))
         else:
-            warnings.append(
-                f"settings{path}: expected {type(current).__name__}, got {value!r}; keeping {current!r}"
-            )
+            expected = " or ".join(choices) if choices else type(current).__name__
+            warnings.append(f"settings{path}: expected {expected}, got {value!r}; keeping {current!r}")
     return warnings
 
 
-def _fits(current: Any, value: Any) -> bool:
+def _fits(current: Any, value: Any, choices: tuple = ()) -> bool:
+    if choices:
+        return value in choices
     if isinstance(current, bool):
         return isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(current, int):
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(current, list):

@@ -13,13 +13,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aligncoder_lsp.config import Settings
+from aligncoder_lsp.config import MODES, Settings
+from aligncoder_lsp.index.embeddings import Encoder, TextEncoder
+from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
-from aligncoder_lsp.models.llama_backend import Cancelled, LlamaModel
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import heal_trailing_space, render_context, tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
 from aligncoder_lsp.retrieval.coarse import coarse_retrieve, query_from_prefix, rank_dependencies
+from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
+from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_features
+
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +59,18 @@ class SnippetUse:
     source: str
 
     def describe(self) -> str:
-        score = f", score {self.score:.2f}" if self.source == "base" else ""
+        score = f", score {self.score:.2f}" if self.source != "dependency" else ""
         return f"{self.path}:{self.start_line}-{self.end_line} ({self.source}{score})"
 
 
 @dataclass
 class Trace:
-    mode: str = "no-retrieval"
+    mode: str = "none"
+    retrieved: bool = False
+    retrieve_probability: float | None = None
     shape: str = "line"
     snippets: list[SnippetUse] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     prompt_tokens: int = 0
     reused_tokens: int = 0
@@ -81,12 +89,21 @@ class Completion:
 
 
 class CompletionEngine:
-    """Owns the generator model; call :meth:`complete` from one worker thread only."""
+    """Owns the models; call :meth:`complete` from one worker thread only.
 
-    def __init__(self, settings: Settings, index: WorkspaceIndex):
+    Modes: ``none`` (no repository context), ``bm25`` (coarse snippets straight into the
+    prompt), ``aligncoder`` (coarse candidates -> k sampled drafts -> enhanced query ->
+    dense fine retrieval), ``aligncoder-no-enhance`` (fine retrieval with the unfinished code
+    alone) and ``selective`` (a learned policy decides per request whether to retrieve).
+    """
+
+    def __init__(self, settings: Settings, index: WorkspaceIndex, encoder: TextEncoder | None = None):
         self.settings = settings
         self.index = index
+        self._encoder = encoder
         self._generator: LlamaModel | None = None
+        self._drafter: Drafter | None = None
+        self._policy: SelectivePolicy | None = None
 
     def generator(self) -> LlamaModel:
         """The loaded generator model (loaded on first use)."""
@@ -97,12 +114,34 @@ class CompletionEngine:
             self._generator = LlamaModel(path, model.n_ctx, self.settings.threads(), model.n_gpu_layers)
         return self._generator
 
-    def unload(self) -> None:
-        self._generator = None
+    def drafter(self) -> Drafter:
+        if self._drafter is None or self._drafter.k != self.settings.retrieval.drafts:
+            self._drafter = Drafter(self.generator(), self.settings.retrieval.drafts)
+        return self._drafter
 
-    def complete(self, request: CompletionRequest, cancel: threading.Event) -> Completion:
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            retriever = self.settings.retriever
+            self._encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens)
+        return self._encoder
+
+    def policy(self) -> SelectivePolicy:
+        if self._policy is None:
+            self._policy = SelectivePolicy.load(self.settings.retrieval.policy)
+        return self._policy
+
+    def unload(self) -> None:
+        if self._drafter is not None:
+            self._drafter.close()
+        self._generator = self._drafter = None
+
+    def complete(self, request: CompletionRequest, cancel: threading.Event, mode: str | None = None) -> Completion:
         """Raises :class:`Cancelled` or :class:`ModelUnavailable`."""
-        trace = Trace()
+        settings = self.settings
+        mode = mode or (settings.retrieval.mode if settings.retrieval.enabled else "none")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+        trace = Trace(mode=mode)
         clock = _Clock(trace.timings_ms)
         model = self.generator()
         clock.lap("load")
@@ -110,56 +149,96 @@ class CompletionEngine:
         prefix, suffix = request.split()
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
+        code = tail_within(heal_trailing_space(prefix)[0], settings.completion.prefix_tokens, model.count_tokens)
+        clock.lap("prompt")
 
+        if mode == "selective":
+            first = self._generate(model, code, cursor, cancel, trace, clock)
+            probability = self.policy().probability(selective_features(first, prefix, self.index))
+            trace.retrieve_probability = round(probability, 3)
+            clock.lap("policy")
+            if probability < settings.retrieval.threshold:
+                trace.retrieved = False
+                return self._finish(first, cursor, trace, clock)
+            mode = "aligncoder"
         context = ""
-        if self.settings.retrieval.enabled:
-            context = self._retrieve(request, prefix, model, trace)
-            clock.lap("retrieve")
+        if mode != "none":
+            context = self._context(mode, request, prefix, code, cursor, model, cancel, trace, clock)
+            trace.retrieved = bool(trace.snippets)
         if cancel.is_set():
             raise Cancelled()
+        generation = self._generate(model, context + code, cursor, cancel, trace, clock)
+        return self._finish(generation, cursor, trace, clock)
 
-        stripped, _ = heal_trailing_space(prefix)
-        budget = self.settings.completion.prefix_tokens
-        prompt = context + tail_within(stripped, budget, model.count_tokens)
-        clock.lap("prompt")
+    def _generate(self, model: LlamaModel, prompt: str, cursor: Cursor, cancel: threading.Event,
+                  trace: Trace, clock: _Clock) -> Generation:
         max_lines = self.settings.completion.max_lines
-        generation = model.generate(
-            prompt,
-            self.settings.model.max_tokens,
-            cancel,
-            should_stop=lambda text: is_complete(text, cursor, max_lines),
-        )
-        trace.timings_ms["prompt_eval"] = round(generation.prompt_ms, 1)
-        trace.timings_ms["decode"] = round(generation.generate_ms, 1)
-        clock.lap("generate")
-        text = finish(generation.text, cursor, max_lines)
-        clock.lap("postprocess")
+        generation = model.generate(prompt, self.settings.model.max_tokens, cancel,
+                                    should_stop=lambda text: is_complete(text, cursor, max_lines))
+        trace.timings_ms["prompt_eval"] = round(trace.timings_ms.get("prompt_eval", 0) + generation.prompt_ms, 1)
+        trace.timings_ms["decode"] = round(trace.timings_ms.get("decode", 0) + generation.generate_ms, 1)
         trace.prompt_tokens = generation.prompt_tokens
         trace.reused_tokens = generation.reused_tokens
         trace.generated_tokens = generation.generated_tokens
         trace.stopped_by = generation.stopped_by
+        clock.lap("generate")
+        return generation
+
+    def _finish(self, generation: Generation, cursor: Cursor, trace: Trace, clock: _Clock) -> Completion:
+        text = finish(generation.text, cursor, self.settings.completion.max_lines)
+        clock.lap("postprocess")
         trace.timings_ms["total"] = clock.total()
         return Completion(text, trace)
 
-    def _retrieve(self, request: CompletionRequest, prefix: str, model: LlamaModel, trace: Trace) -> str:
-        """Coarse context: dependency signatures of the current file and BM25 snippets of
-        the others, within the token budget (only text before the cursor is looked at)."""
+    # -- retrieval -----------------------------------------------------------------------
+
+    def _context(self, mode: str, request: CompletionRequest, prefix: str, code: str, cursor: Cursor,
+                 model: LlamaModel, cancel: threading.Event, trace: Trace, clock: _Clock) -> str:
+        """Repository context for the prompt (only text before the cursor is looked at)."""
         settings = self.settings.retrieval
         query = query_from_prefix(prefix, settings.query_lines)
         dependencies = rank_dependencies(self.index.dependencies(request.path, prefix), query, settings.dependencies)
-        candidates = [(snippet, 0.0) for snippet in dependencies]
-        candidates += coarse_retrieve(self.index, query, settings.top_k, request.path)
+        coarse = [(s, 0.0, "dependency") for s in dependencies]
+        wanted = settings.top_k if mode == "bm25" else settings.candidates
+        coarse += [(s, score, "bm25") for s, score in coarse_retrieve(self.index, query, wanted, request.path)]
+        clock.lap("coarse")
+        if mode == "bm25" or not coarse:
+            return self._render(coarse, request, model, trace)
+        if mode == "aligncoder":
+            local = tail_within(code, settings.draft_prefix_tokens, model.count_tokens)
+            sampler_prompt = self._render(coarse[: len(dependencies) + settings.top_k], request, model, None) + local
+            drafts = self.drafter().draft(
+                sampler_prompt, settings.draft_tokens, cancel,
+                should_stop=lambda text: is_complete(text, cursor, self.settings.completion.max_lines),
+                temperature=settings.draft_temperature, top_p=settings.draft_top_p)
+            trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
+            trace.timings_ms["draft_decode"] = round(drafts.generate_ms, 1)
+            trace.drafts = [finish(text, cursor) for text in drafts.texts]
+            clock.lap("drafts")
+        if cancel.is_set():
+            raise Cancelled()
+        ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse])
+        clock.lap("fine")
+        kinds = {id(s): kind for s, _, kind in coarse}
+        return self._render([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request, model, trace)
+
+    def _render(self, ranked: list[tuple[Snippet, float, str]], request: CompletionRequest,
+                model: LlamaModel, trace: Trace | None) -> str:
+        """The best snippets that fit the token budget, rendered as a comment block."""
+        settings = self.settings.retrieval
         chosen: list[tuple[str, str]] = []
         used = 0
-        for snippet, score in candidates:
-            shown = self.index.relative(snippet.path)
+        for snippet, score, source in ranked:
+            if len(chosen) == settings.top_k + settings.dependencies:
+                break
             cost = model.count_tokens(snippet.text) + 8
             if used + cost > settings.context_tokens:
                 continue
             used += cost
+            shown = self.index.relative(snippet.path)
             chosen.append((shown, snippet.text))
-            trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), snippet.kind))
-        trace.mode = "retrieval" if chosen else "no-retrieval"
+            if trace is not None:
+                trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), source))
         # Least relevant first: the best snippet sits closest to the code being completed.
         return render_context(chosen[::-1], request.language)
 

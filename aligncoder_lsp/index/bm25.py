@@ -52,6 +52,9 @@ class BM25:
         n = len(self._lengths)
         return math.log(n - document_frequency + 0.5) - math.log(document_frequency + 0.5)
 
+    def document_frequency(self, token: str) -> int:
+        return len(self._postings.get(token, ()))
+
     def idf(self, token: str) -> float:
         docs = self._postings.get(token)
         if not docs:

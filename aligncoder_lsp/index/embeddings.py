@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,6 @@ import numpy as np
 from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "float32", "bfloat16")
-
 
 def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -44,6 +42,11 @@ def resolve_precision(requested: str) -> str:
     if requested == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return requested
+
+
+class TextEncoder(Protocol):
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
 
 
 class Encoder:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from aligncoder_lsp import __version__
 from aligncoder_lsp.config import IndexSettings
 from aligncoder_lsp.index.bm25 import BM25
@@ -284,6 +286,11 @@ class WorkspaceIndex:
             ranked = self._bm25.top(tokens, k, keep=lambda i: self._snippets[i].path != exclude_path)
             return [(self._snippets[i], score) for i, score in ranked if score > 0]
 
+    def document_frequency(self, token: str) -> int:
+        """Snippets that contain ``token`` (a lower-cased code token)."""
+        with self._lock:
+            return self._bm25.document_frequency(token)
+
     def dependencies(self, path: str, text: str) -> list[Snippet]:
         """Signatures that the file at ``path`` (with its current ``text``) imports from the
         workspace, as dependency snippets with absolute paths."""
@@ -315,6 +322,12 @@ class WorkspaceIndex:
     def add_embeddings(self, keys: list[bytes], vectors) -> None:
         with self._lock:
             self.vectors.add(keys, vectors)
+
+    def vectors_for(self, snippets: list[Snippet]) -> list[np.ndarray | None]:
+        """Stored vectors of these snippets' texts (None where not embedded yet)."""
+        with self._lock:
+            stored = self.vectors.vectors
+            return [None if (v := stored.get(text_key(s.text))) is None else v.astype(np.float32) for s in snippets]
 
     @property
     def embedded_count(self) -> int:

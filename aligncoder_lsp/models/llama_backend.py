@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from aligncoder_lsp.models.embedded import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ class Generation:
     prompt_ms: float
     generate_ms: float
     stopped_by: str
+    logprobs: list[float]
+    """Log-probability of each generated token (the model's confidence)."""
 
 
 class LlamaModel:
@@ -60,6 +64,7 @@ class LlamaModel:
         self.n_ctx = n_ctx
         self.eos = self.llm.token_eos()
         self.eog = {self.eos}
+        self.vocabulary = self.llm.n_vocab()
         logger.info("loaded %s in %.2f s", path, self.load_seconds)
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
@@ -90,14 +95,18 @@ class LlamaModel:
         reused = self._evaluate_prompt(tokens, cancel)
         prompt_done = time.perf_counter()
         generated: list[int] = []
+        logprobs: list[float] = []
         text, stopped_by = "", "max_tokens"
         while len(generated) < max_tokens:
             if cancel.is_set():
                 raise Cancelled()
-            token = self.llm.sample(temp=0.0, repeat_penalty=1.0, top_k=1)
+            logits = self._last_logits()
+            token = int(logits.argmax())
             if token in self.eog:
                 stopped_by = "eos"
                 break
+            top = float(logits[token])
+            logprobs.append(-float(np.log(np.exp(logits - top, dtype=np.float64).sum())))
             generated.append(token)
             text = self.detokenize(generated)
             if should_stop(text):
@@ -112,7 +121,13 @@ class LlamaModel:
             prompt_ms=(prompt_done - started) * 1000,
             generate_ms=(time.perf_counter() - prompt_done) * 1000,
             stopped_by=stopped_by,
+            logprobs=logprobs,
         )
+
+    def _last_logits(self) -> np.ndarray:
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.vocabulary,))
 
     def _evaluate_prompt(self, tokens: list[int], cancel: threading.Event) -> int:
         """Bring the KV cache to ``tokens``, reusing the longest common prefix; returns the
@@ -131,3 +146,140 @@ class LlamaModel:
                 raise Cancelled()
             llm.eval(tokens[start:start + PROMPT_CHUNK])
         return common
+
+
+@dataclass
+class Drafts:
+    texts: list[str]
+    prompt_tokens: int
+    reused_tokens: int
+    prompt_ms: float
+    generate_ms: float
+
+
+class Drafter:
+    """``k`` sampled continuations decoded together in one llama.cpp context: the prompt is
+    evaluated once (sequence 0), copied to sequences 1..k-1 in the KV cache, and every step
+    decodes one batch holding the next token of each unfinished sequence.
+
+    Shares the weights of ``model``; owns its context, so the generator's cached prompt is
+    left alone. Use from the model's worker thread only.
+    """
+
+    def __init__(self, model: LlamaModel, k: int, seed: int = 0):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.model = model
+        self.k = k
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = model.n_ctx
+        params.n_batch = params.n_ubatch = 512
+        params.n_seq_max = k
+        params.kv_unified = True  # sequences share the prompt's cells
+        params.n_threads = params.n_threads_batch = model.llm.context_params.n_threads
+        self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
+        if self._ctx is None:
+            raise ModelUnavailable("llama.cpp could not create the sampler context")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(max(PROMPT_CHUNK, k), 0, k)
+        self._cached: list[int] = []
+        self._vocab = model.llm.n_vocab()
+        self._rng = np.random.default_rng(seed)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self._llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self):
+        self.close()
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, position, sequence, wants logits) items as one batch."""
+        batch = self._batch
+        batch.n_tokens = len(items)
+        for i, (token, position, sequence, logits) in enumerate(items):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = sequence
+            batch.logits[i] = logits
+        if self._llama_cpp.llama_decode(self._ctx, batch) != 0:
+            raise RuntimeError("llama.cpp failed to decode a draft batch")
+
+    def _logits(self, index: int) -> np.ndarray:
+        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._vocab,))
+
+    def _sample(self, logits: np.ndarray, temperature: float, top_p: float) -> int:
+        candidates = np.argpartition(-logits, 64)[:64]
+        scaled = logits[candidates].astype(np.float64) / temperature
+        probabilities = np.exp(scaled - scaled.max())
+        probabilities /= probabilities.sum()
+        order = np.argsort(-probabilities)
+        keep = order[: int(np.searchsorted(np.cumsum(probabilities[order]), top_p)) + 1]
+        chosen = self._rng.choice(keep, p=probabilities[keep] / probabilities[keep].sum())
+        return int(candidates[chosen])
+
+    def draft(self, prompt: str, max_tokens: int, cancel: threading.Event,
+              should_stop: Callable[[str], bool] = lambda _: False,
+              temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
+        llama_cpp = self._llama_cpp
+        tokens = self.model.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        room = self.model.n_ctx - max_tokens - 1
+        if len(tokens) > room:
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
+        started = time.perf_counter()
+        common = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)
+        llama_cpp.llama_memory_seq_rm(self._memory, -1, common, -1)
+        self._cached = tokens[:common]
+        for start in range(common, len(tokens), PROMPT_CHUNK):
+            if cancel.is_set():
+                raise Cancelled()
+            chunk = tokens[start:start + PROMPT_CHUNK]
+            self._decode([(token, start + i, 0, start + i == len(tokens) - 1) for i, token in enumerate(chunk)])
+            self._cached = tokens[: start + len(chunk)]
+        prompt_done = time.perf_counter()
+        first = self._logits(-1).copy()
+        for sequence in range(1, self.k):
+            llama_cpp.llama_memory_seq_cp(self._memory, 0, sequence, -1, -1)
+        outputs: list[list[int]] = [[] for _ in range(self.k)]
+        texts = [""] * self.k
+        live = []
+        for sequence in range(self.k):
+            token = self._sample(first, temperature, top_p)
+            if self._accept(sequence, token, outputs, texts, should_stop):
+                live.append(sequence)
+        step = 0
+        while live and step < max_tokens - 1:
+            if cancel.is_set():
+                raise Cancelled()
+            position = len(tokens) + step
+            self._decode([(outputs[s][-1], position, s, True) for s in live])
+            still = []
+            for row, sequence in enumerate(live):
+                token = self._sample(self._logits(row), temperature, top_p)
+                if self._accept(sequence, token, outputs, texts, should_stop):
+                    still.append(sequence)
+            live = still
+            step += 1
+        for sequence in range(1, self.k):
+            llama_cpp.llama_memory_seq_rm(self._memory, sequence, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, len(tokens), -1)
+        return Drafts(texts, len(tokens), common, (prompt_done - started) * 1000,
+                      (time.perf_counter() - prompt_done) * 1000)
+
+    def _accept(self, sequence: int, token: int, outputs: list[list[int]], texts: list[str],
+                should_stop: Callable[[str], bool]) -> bool:
+        """Record a sampled token; whether the sequence goes on."""
+        if token in self.model.eog:
+            return False
+        outputs[sequence].append(token)
+        texts[sequence] = self.model.detokenize(outputs[sequence])
+        return not should_stop(texts[sequence])
