@@ -69,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--retriever", help="sentence-transformers folder of the dense retriever")
     evaluate.set_defaults(run=_eval)
 
+    calibrate = commands.add_parser("calibrate", parents=[common], help="learn the selective-retrieval policy")
+    calibrate.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
+    calibrate.add_argument("--repo", action="append", help="only these repositories (repeatable)")
+    calibrate.add_argument("--per-repo", type=int, default=10, help="masked spans per repository")
+    calibrate.add_argument("--exclude-tasks", type=Path, help="JSONL of tasks whose files are never sampled")
+    calibrate.add_argument("--max-retrieval", type=float, default=0.5, help="highest retrieval rate to calibrate for")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--out", type=Path, required=True, help="policy JSON to write")
+    calibrate.add_argument("--dump", type=Path, help="also write the collected features and scores")
+    calibrate.set_defaults(run=_calibrate)
+
     index = commands.add_parser("index", parents=[common], help="build or refresh the index of a workspace")
     index.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="workspace folder(s)")
     index.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -206,6 +217,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.retriever:
         settings.retriever.model = args.retriever
     return runner.main(args, settings)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import calibrate
+
+    return calibrate.main(args, load_settings(args))
 
 
 def _index(args: argparse.Namespace) -> int:

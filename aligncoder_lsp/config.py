@@ -63,8 +63,8 @@ class RetrievalSettings:
     """Sampling temperature of the drafts."""
     draft_top_p: float = 0.95
     """Nucleus sampling bound of the drafts."""
-    threshold: float = 0.5
-    """Selective mode: retrieve when the policy's probability reaches this."""
+    threshold: float = -1.0
+    """Selective mode: retrieve when the policy's probability reaches this (negative: the policy's calibrated threshold)."""
     policy: str = ""
     """Selective-retrieval policy (JSON); empty means the one shipped in weights/."""
 

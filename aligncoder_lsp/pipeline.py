@@ -154,11 +154,12 @@ class CompletionEngine:
 
         if mode == "selective":
             first = self._generate(model, code, cursor, cancel, trace, clock)
-            probability = self.policy().probability(selective_features(first, prefix, self.index))
+            policy = self.policy()
+            probability = policy.probability(selective_features(first, prefix, self.index))
             trace.retrieve_probability = round(probability, 3)
             clock.lap("policy")
-            if probability < settings.retrieval.threshold:
-                trace.retrieved = False
+            threshold = settings.retrieval.threshold if settings.retrieval.threshold >= 0 else policy.threshold
+            if probability < threshold:
                 return self._finish(first, cursor, trace, clock)
             mode = "aligncoder"
         context = ""
@@ -169,6 +170,18 @@ class CompletionEngine:
             raise Cancelled()
         generation = self._generate(model, context + code, cursor, cancel, trace, clock)
         return self._finish(generation, cursor, trace, clock)
+
+    def attempt(self, request: CompletionRequest, cancel: threading.Event) -> tuple[Completion, Generation]:
+        """A completion without repository context, with the raw generation (for the
+        selective policy's features)."""
+        trace = Trace(mode="none")
+        clock = _Clock(trace.timings_ms)
+        model = self.generator()
+        prefix, suffix = request.split()
+        cursor = Cursor.at(prefix, suffix)
+        code = tail_within(heal_trailing_space(prefix)[0], self.settings.completion.prefix_tokens, model.count_tokens)
+        generation = self._generate(model, code, cursor, cancel, trace, clock)
+        return self._finish(generation, cursor, trace, clock), generation
 
     def _generate(self, model: LlamaModel, prompt: str, cursor: Cursor, cancel: threading.Event,
                   trace: Trace, clock: _Clock) -> Generation:

@@ -53,6 +53,7 @@ class SelectivePolicy:
     weights: list[float]
     mean: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
     scale: list[float] = field(default_factory=lambda: [1.0] * len(FEATURES))
+    threshold: float = 0.5
     notes: dict = field(default_factory=dict)
 
     def probability(self, features: np.ndarray) -> float:
@@ -77,7 +78,8 @@ class SelectivePolicy:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"features": FEATURES, "weights": self.weights, "mean": self.mean,
-                                    "scale": self.scale, "notes": self.notes}, indent=2) + "\n")
+                                    "scale": self.scale, "threshold": self.threshold, "notes": self.notes},
+                                   indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path = "") -> SelectivePolicy:
@@ -86,6 +88,6 @@ class SelectivePolicy:
             data = json.loads(path.read_text())
             if tuple(data["features"]) != FEATURES:
                 raise ValueError("made for other features")
-            return cls(data["weights"], data["mean"], data["scale"], data.get("notes", {}))
+            return cls(data["weights"], data["mean"], data["scale"], float(data["threshold"]), data.get("notes", {}))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelUnavailable(f"selective-retrieval policy {path} is unusable: {error}") from error

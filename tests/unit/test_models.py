@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, sha256_of
-from aligncoder_lsp.models.llama_backend import Cancelled, LlamaModel
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, LlamaModel
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,14 @@ def test_cancel_during_prompt_evaluation(model):
     cancel.set()
     with pytest.raises(Cancelled):
         model.generate("x = 1\n" * 200, 8, cancel)
+
+
+def test_drafts_are_decoded_together_and_keep_the_prompt_cached(model):
+    drafter = Drafter(model, k=4, seed=1)
+    prompt = "import os\n\n\ndef list_files(root):\n    "
+    first = drafter.draft(prompt, 12, threading.Event())
+    assert len(first.texts) == 4 and any(text.strip() for text in first.texts)
+    again = drafter.draft(prompt, 12, threading.Event())
+    assert again.reused_tokens == again.prompt_tokens - 1
+    assert len(set(first.texts + again.texts)) > 1  # sampled, not greedy
+    drafter.close()
