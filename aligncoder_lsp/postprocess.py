@@ -30,6 +30,8 @@ class Cursor:
     """The nearest non-blank line above the cursor's line."""
     next_lines: tuple[str, ...]
     """A few non-blank lines after the cursor's line."""
+    open_brackets: int = 0
+    """Parentheses and square brackets still open at the cursor (a call spanning lines)."""
 
     @classmethod
     def at(cls, prefix: str, suffix: str) -> Cursor:
@@ -37,12 +39,15 @@ class Cursor:
         line_after, _, tail = suffix.partition("\n")
         previous = next((line for line in reversed(head.split("\n")) if line.strip()), "")
         following = tuple(line for line in tail.split("\n")[:20] if line.strip())[:3]
-        return cls(line_before, line_after, previous, following)
+        recent = "\n".join(head.split("\n")[-60:] + [line_before])
+        return cls(line_before, line_after, previous, following, open_brackets(recent))
 
     @property
     def mode(self) -> str:
         if self.line_before.strip():
             return "line"
+        if self.open_brackets:
+            return "statement"
         if self.previous_line.rstrip().endswith((":", "{")):
             return "block"
         return "statement"
@@ -50,6 +55,18 @@ class Cursor:
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
+
+
+def open_brackets(text: str) -> int:
+    """Unclosed ``(`` and ``[`` at the end of ``text`` (closers without an opener ignored)."""
+    level = lowest = 0
+    for index, _ in _scan(text, 0):
+        if text[index] in "([":
+            level += 1
+        elif text[index] in ")]":
+            level -= 1
+            lowest = min(lowest, level)
+    return level - lowest
 
 
 def bracket_depth(text: str, depth: int = 0) -> int:
@@ -110,7 +127,7 @@ def _answer_length(lines: list[str], cursor: Cursor, max_lines: int) -> int | No
         for number, line in enumerate(lines[1:], 1):
             if line.strip() and _indent(line) < floor:
                 return number
-    elif (number := statement_end(lines, bracket_depth(cursor.line_before))) is not None:
+    elif (number := statement_end(lines, cursor.open_brackets)) is not None:
         return number
     return max_lines if len(lines) >= max_lines else None
 
@@ -129,17 +146,20 @@ def finish(raw: str, cursor: Cursor, max_lines: int = 8) -> str:
         lines.pop()
     lines = _drop_repeated_suffix(lines, cursor)
     text = "\n".join(lines).rstrip()
-    return _cut_unbalanced(text, bracket_depth(cursor.line_before), cursor.line_after).rstrip()
+    return _cut_unbalanced(text, cursor.open_brackets, cursor.line_after).rstrip()
 
 
 def _trim_leading(raw: str, cursor: Cursor) -> str:
-    """Drop the whitespace the prompt left out before the cursor (it was healed away)."""
-    healed = cursor.line_before[len(cursor.line_before.rstrip(" \t")):]
-    if not cursor.line_before.strip():
+    """Align the model's output to the cursor: drop a space the prompt left out after code
+    (it was healed away), and re-align a first line the model began on a line of its own."""
+    line = cursor.line_before
+    if line.strip():
+        healed = line[len(line.rstrip(" \t")):]
+        return raw[len(healed):] if raw.startswith(healed) else raw.lstrip(" \t")
+    if raw.startswith("\n"):
         raw = raw.lstrip("\n")
-    if raw.startswith(healed):
-        return raw[len(healed):]
-    return raw.lstrip(" \t")
+        return raw[len(line):] if raw.startswith(line) else raw.lstrip(" \t")
+    return raw
 
 
 def _drop_repeated_suffix(lines: list[str], cursor: Cursor) -> list[str]:

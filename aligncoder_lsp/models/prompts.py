@@ -61,7 +61,12 @@ def _first_line_within(text: str, starts: list[int], budget: int, count: Callabl
 
 
 def heal_trailing_space(prefix: str) -> tuple[str, str]:
-    """Split the trailing spaces/tabs off the prefix: prompts ending in whitespace derail
-    small models, so the model regenerates them instead."""
+    """Split spaces/tabs that follow code on the cursor's line off the prefix: a prompt
+    ending in such a space derails small models, so the model regenerates it instead.
+    Indentation alone stays: it tells the model where the next line starts (a closing
+    bracket, a dedented statement), and code models tokenize it as one unit."""
+    line = prefix[prefix.rfind("\n") + 1:]
+    if not line.strip():
+        return prefix, ""
     stripped = prefix.rstrip(" \t")
     return stripped, prefix[len(stripped):]

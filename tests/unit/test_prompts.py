@@ -34,8 +34,9 @@ def test_context_is_rendered_as_comments():
     assert render_context([], "python") == ""
 
 
-def test_trailing_indentation_is_healed():
-    assert heal_trailing_space("def f():\n    ") == ("def f():\n", "    ")
+def test_only_spaces_after_code_are_healed():
+    assert heal_trailing_space("x = ") == ("x =", " ")
+    assert heal_trailing_space("def f():\n    ") == ("def f():\n    ", "")
 
 
 def test_rounding_never_empties_a_short_window():
