@@ -141,6 +141,33 @@ class CompletionEngine:
         mode = mode or (settings.retrieval.mode if settings.retrieval.enabled else "none")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+        job = self._start(request, mode)
+        if mode == "selective":
+            first = self._generate(job, job.code, cancel)
+            policy = self.policy()
+            probability = policy.probability(selective_features(first, job.prefix, self.index))
+            job.trace.retrieve_probability = round(probability, 3)
+            job.clock.lap("policy")
+            threshold = settings.retrieval.threshold if settings.retrieval.threshold >= 0 else policy.threshold
+            if probability < threshold:
+                return self._finish(job, first)
+            mode = "aligncoder"
+        context = ""
+        if mode != "none":
+            context = self._context(job, mode, cancel)
+            job.trace.retrieved = bool(job.trace.snippets)
+        if cancel.is_set():
+            raise Cancelled()
+        return self._finish(job, self._generate(job, context + job.code, cancel))
+
+    def attempt(self, request: CompletionRequest, cancel: threading.Event) -> tuple[Completion, Generation]:
+        """A completion without repository context, with the raw generation (for the
+        selective policy's features)."""
+        job = self._start(request, "none")
+        generation = self._generate(job, job.code, cancel)
+        return self._finish(job, generation), generation
+
+    def _start(self, request: CompletionRequest, mode: str) -> _Job:
         trace = Trace(mode=mode)
         clock = _Clock(trace.timings_ms)
         model = self.generator()
@@ -149,89 +176,60 @@ class CompletionEngine:
         prefix, suffix = request.split()
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
-        code = tail_within(heal_trailing_space(prefix)[0], settings.completion.prefix_tokens, model.count_tokens)
-        clock.lap("prompt")
-
-        if mode == "selective":
-            first = self._generate(model, code, cursor, cancel, trace, clock)
-            policy = self.policy()
-            probability = policy.probability(selective_features(first, prefix, self.index))
-            trace.retrieve_probability = round(probability, 3)
-            clock.lap("policy")
-            threshold = settings.retrieval.threshold if settings.retrieval.threshold >= 0 else policy.threshold
-            if probability < threshold:
-                return self._finish(first, cursor, trace, clock)
-            mode = "aligncoder"
-        context = ""
-        if mode != "none":
-            context = self._context(mode, request, prefix, code, cursor, model, cancel, trace, clock)
-            trace.retrieved = bool(trace.snippets)
-        if cancel.is_set():
-            raise Cancelled()
-        generation = self._generate(model, context + code, cursor, cancel, trace, clock)
-        return self._finish(generation, cursor, trace, clock)
-
-    def attempt(self, request: CompletionRequest, cancel: threading.Event) -> tuple[Completion, Generation]:
-        """A completion without repository context, with the raw generation (for the
-        selective policy's features)."""
-        trace = Trace(mode="none")
-        clock = _Clock(trace.timings_ms)
-        model = self.generator()
-        prefix, suffix = request.split()
-        cursor = Cursor.at(prefix, suffix)
         code = tail_within(heal_trailing_space(prefix)[0], self.settings.completion.prefix_tokens, model.count_tokens)
-        generation = self._generate(model, code, cursor, cancel, trace, clock)
-        return self._finish(generation, cursor, trace, clock), generation
+        clock.lap("prompt")
+        return _Job(request, model, prefix, cursor, code, trace, clock)
 
-    def _generate(self, model: LlamaModel, prompt: str, cursor: Cursor, cancel: threading.Event,
-                  trace: Trace, clock: _Clock) -> Generation:
+    def _generate(self, job: _Job, prompt: str, cancel: threading.Event) -> Generation:
         max_lines = self.settings.completion.max_lines
-        generation = model.generate(prompt, self.settings.model.max_tokens, cancel,
-                                    should_stop=lambda text: is_complete(text, cursor, max_lines))
-        trace.timings_ms["prompt_eval"] = round(trace.timings_ms.get("prompt_eval", 0) + generation.prompt_ms, 1)
-        trace.timings_ms["decode"] = round(trace.timings_ms.get("decode", 0) + generation.generate_ms, 1)
-        trace.prompt_tokens = generation.prompt_tokens
-        trace.reused_tokens = generation.reused_tokens
-        trace.generated_tokens = generation.generated_tokens
-        trace.stopped_by = generation.stopped_by
-        clock.lap("generate")
+        generation = job.model.generate(prompt, self.settings.model.max_tokens, cancel,
+                                        should_stop=lambda text: is_complete(text, job.cursor, max_lines))
+        timings = job.trace.timings_ms
+        timings["prompt_eval"] = round(timings.get("prompt_eval", 0) + generation.prompt_ms, 1)
+        timings["decode"] = round(timings.get("decode", 0) + generation.generate_ms, 1)
+        job.trace.prompt_tokens = generation.prompt_tokens
+        job.trace.reused_tokens = generation.reused_tokens
+        job.trace.generated_tokens = generation.generated_tokens
+        job.trace.stopped_by = generation.stopped_by
+        job.clock.lap("generate")
         return generation
 
-    def _finish(self, generation: Generation, cursor: Cursor, trace: Trace, clock: _Clock) -> Completion:
-        text = finish(generation.text, cursor, self.settings.completion.max_lines)
-        clock.lap("postprocess")
-        trace.timings_ms["total"] = clock.total()
-        return Completion(text, trace)
+    def _finish(self, job: _Job, generation: Generation) -> Completion:
+        text = finish(generation.text, job.cursor, self.settings.completion.max_lines)
+        job.clock.lap("postprocess")
+        job.trace.timings_ms["total"] = job.clock.total()
+        return Completion(text, job.trace)
 
     # -- retrieval -----------------------------------------------------------------------
 
-    def _context(self, mode: str, request: CompletionRequest, prefix: str, code: str, cursor: Cursor,
-                 model: LlamaModel, cancel: threading.Event, trace: Trace, clock: _Clock) -> str:
+    def _context(self, job: _Job, mode: str, cancel: threading.Event) -> str:
         """Repository context for the prompt (only text before the cursor is looked at)."""
         settings = self.settings.retrieval
-        query = query_from_prefix(prefix, settings.query_lines)
-        dependencies = rank_dependencies(self.index.dependencies(request.path, prefix), query, settings.dependencies)
+        request, trace, model = job.request, job.trace, job.model
+        query = query_from_prefix(job.prefix, settings.query_lines)
+        dependencies = rank_dependencies(self.index.dependencies(request.path, job.prefix), query, settings.dependencies)
         coarse = [(s, 0.0, "dependency") for s in dependencies]
         wanted = settings.top_k if mode == "bm25" else settings.candidates
         coarse += [(s, score, "bm25") for s, score in coarse_retrieve(self.index, query, wanted, request.path)]
-        clock.lap("coarse")
+        job.clock.lap("coarse")
         if mode == "bm25" or not coarse:
             return self._render(coarse, request, model, trace)
         if mode == "aligncoder":
-            local = tail_within(code, settings.draft_prefix_tokens, model.count_tokens)
+            local = tail_within(job.code, settings.draft_prefix_tokens, model.count_tokens)
             sampler_prompt = self._render(coarse[: len(dependencies) + settings.top_k], request, model, None) + local
+            max_lines = self.settings.completion.max_lines
             drafts = self.drafter().draft(
                 sampler_prompt, settings.draft_tokens, cancel,
-                should_stop=lambda text: is_complete(text, cursor, self.settings.completion.max_lines),
+                should_stop=lambda text: is_complete(text, job.cursor, max_lines),
                 temperature=settings.draft_temperature, top_p=settings.draft_top_p)
             trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
             trace.timings_ms["draft_decode"] = round(drafts.generate_ms, 1)
-            trace.drafts = [finish(text, cursor) for text in drafts.texts]
-            clock.lap("drafts")
+            trace.drafts = [finish(text, job.cursor) for text in drafts.texts]
+            job.clock.lap("drafts")
         if cancel.is_set():
             raise Cancelled()
         ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse])
-        clock.lap("fine")
+        job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
         return self._render([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request, model, trace)
 
@@ -254,6 +252,20 @@ class CompletionEngine:
                 trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), source))
         # Least relevant first: the best snippet sits closest to the code being completed.
         return render_context(chosen[::-1], request.language)
+
+
+@dataclass
+class _Job:
+    """One request on its way through the engine."""
+
+    request: CompletionRequest
+    model: LlamaModel
+    prefix: str
+    cursor: Cursor
+    code: str
+    """The code before the cursor that fits the prompt."""
+    trace: Trace
+    clock: _Clock
 
 
 class _Clock:

@@ -1,0 +1,59 @@
+"""Every retrieval mode through the engine, with the real embedded models."""
+
+import threading
+
+import pytest
+
+from aligncoder_lsp.config import Settings
+from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from aligncoder_lsp.models.llama_backend import Cancelled
+from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
+from tests.conftest import FIXTURES
+
+WORKSPACE = FIXTURES / "workspace"
+MAIN = WORKSPACE / "app" / "main.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    settings = Settings()
+    settings.model.max_tokens = 24
+    index = WorkspaceIndex(settings.index)
+    index.build([WORKSPACE])
+    return CompletionEngine(settings, index)
+
+
+def _request() -> CompletionRequest:
+    return CompletionRequest(str(MAIN), MAIN.read_text(), 13, 4)
+
+
+def test_no_retrieval(engine):
+    result = engine.complete(_request(), threading.Event(), "none")
+    assert result.text.strip() and not result.trace.retrieved and result.trace.snippets == []
+
+
+def test_bm25_puts_coarse_snippets_of_other_files(engine):
+    trace = engine.complete(_request(), threading.Event(), "bm25").trace
+    assert trace.retrieved and {s.source for s in trace.snippets} <= {"bm25", "dependency"}
+    assert all(s.path != "app/main.py" for s in trace.snippets)
+
+
+def test_aligncoder_drafts_and_reranks(engine):
+    trace = engine.complete(_request(), threading.Event(), "aligncoder").trace
+    assert len(trace.drafts) == engine.settings.retrieval.drafts
+    assert trace.snippets and all(s.source.startswith("fine:") for s in trace.snippets)
+    assert {"drafts", "fine", "draft_prompt_eval"} <= trace.timings_ms.keys()
+
+
+def test_aligncoder_without_enhancement_has_no_drafts(engine):
+    trace = engine.complete(_request(), threading.Event(), "aligncoder-no-enhance").trace
+    assert trace.drafts == [] and trace.snippets
+
+
+def test_cancelled_before_generation(engine):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        engine.complete(_request(), cancel, "aligncoder")
