@@ -53,7 +53,7 @@ async def test_completion_uses_repository_context(client: LanguageClient):
     assert item.text_edit.new_text.strip()
     assert item.text_edit.range.end == CURSOR
     trace = item.data
-    assert trace["mode"] == "retrieval"
+    assert trace["mode"] == "bm25" and trace["retrieved"]
     used = {snippet["path"] for snippet in trace["snippets"]}
     assert used and "app/main.py" not in used
     assert used <= {"shop/models.py", "shop/pricing.py", "shop/__init__.py", "java/com/acme/Greeter.java"}
