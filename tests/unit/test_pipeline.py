@@ -57,3 +57,14 @@ def test_cancelled_before_generation(engine):
     cancel.set()
     with pytest.raises(Cancelled):
         engine.complete(_request(), cancel, "aligncoder")
+
+
+def test_selective_follows_the_policy_and_its_threshold(engine):
+    trace = engine.complete(_request(), threading.Event(), "selective").trace
+    assert 0.0 <= trace.retrieve_probability <= 1.0
+    assert trace.retrieved == (trace.retrieve_probability >= engine.policy().threshold)
+    engine.settings.retrieval.threshold = 0.0
+    assert engine.complete(_request(), threading.Event(), "selective").trace.retrieved
+    engine.settings.retrieval.threshold = 1.01
+    assert not engine.complete(_request(), threading.Event(), "selective").trace.retrieved
+    engine.settings.retrieval.threshold = -1.0
