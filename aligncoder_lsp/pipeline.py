@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,10 +98,12 @@ class CompletionEngine:
     alone) and ``selective`` (a learned policy decides per request whether to retrieve).
     """
 
-    def __init__(self, settings: Settings, index: WorkspaceIndex, encoder: TextEncoder | None = None):
+    def __init__(self, settings: Settings, index: WorkspaceIndex,
+                 encoder_type: Callable[[str, str, int], TextEncoder] = Encoder):
         self.settings = settings
         self.index = index
-        self._encoder = encoder
+        self._encoder_type = encoder_type
+        self._encoder: TextEncoder | None = None
         self._generator: LlamaModel | None = None
         self._drafter: Drafter | None = None
         self._policy: SelectivePolicy | None = None
@@ -122,8 +125,12 @@ class CompletionEngine:
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
             retriever = self.settings.retriever
-            self._encoder = Encoder(retriever.model, retriever.precision, retriever.max_tokens)
+            self._encoder = self._encoder_type(retriever.model, retriever.precision, retriever.max_tokens)
         return self._encoder
+
+    def close_encoder(self) -> None:
+        if self._encoder is not None and hasattr(self._encoder, "close"):
+            self._encoder.close()
 
     def policy(self) -> SelectivePolicy:
         if self._policy is None:

@@ -25,6 +25,22 @@ PROMPT_CHUNK = 64
 """Prompt tokens evaluated between two cancellation checks."""
 
 
+def _fit(tokens: list[int], room: int) -> list[int]:
+    """The prompt cut to ``room`` tokens: BOS kept, the oldest code dropped."""
+    return tokens if len(tokens) <= room else tokens[:1] + tokens[len(tokens) - room + 1:]
+
+
+def _reusable_prefix(cached, tokens: list[int]) -> int:
+    """Tokens of ``tokens`` already in the KV cache; the last prompt token is always
+    evaluated again, for fresh logits."""
+    common = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        common += 1
+    return min(common, len(tokens) - 1)
+
+
 class Cancelled(Exception):
     """The request that asked for this work was cancelled."""
 
@@ -88,9 +104,7 @@ class LlamaModel:
     ) -> Generation:
         """Greedy continuation of ``prompt``; ``should_stop(text)`` ends it early."""
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        room = self.n_ctx - max_tokens - 1
-        if len(tokens) > room:
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
+        tokens = _fit(tokens, self.n_ctx - max_tokens - 1)
         started = time.perf_counter()
         reused = self._evaluate_prompt(tokens, cancel)
         prompt_done = time.perf_counter()
@@ -133,13 +147,7 @@ class LlamaModel:
         """Bring the KV cache to ``tokens``, reusing the longest common prefix; returns the
         number of reused tokens."""
         llm = self.llm
-        cached = llm.input_ids[: llm.n_tokens]
-        common = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the last prompt token is evaluated for fresh logits
+        common = _reusable_prefix(llm.input_ids[: llm.n_tokens], tokens)
         llm.n_tokens = common
         for start in range(common, len(tokens), PROMPT_CHUNK):
             if cancel.is_set():
@@ -227,16 +235,9 @@ class Drafter:
               temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
         llama_cpp = self._llama_cpp
         tokens = self.model.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        room = self.model.n_ctx - max_tokens - 1
-        if len(tokens) > room:
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
+        tokens = _fit(tokens, self.model.n_ctx - max_tokens - 1)
         started = time.perf_counter()
-        common = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
+        common = _reusable_prefix(self._cached, tokens)
         llama_cpp.llama_memory_seq_rm(self._memory, -1, common, -1)
         self._cached = tokens[:common]
         for start in range(common, len(tokens), PROMPT_CHUNK):

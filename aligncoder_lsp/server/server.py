@@ -37,11 +37,12 @@ class AlignCoderServer(LanguageServer):
         super().__init__("aligncoder-lsp", __version__, protocol_cls=AlignProtocol, max_workers=4)
         self.settings = settings or Settings()
         self.index = WorkspaceIndex(self.settings.index)
-        self.engine = CompletionEngine(self.settings, self.index)
+        # One retriever for background embedding and fine retrieval: a worker process
+        self.engine = CompletionEngine(self.settings, self.index, lambda *args: EncoderProcess(
+            *args, threads=self.settings.retriever.threads))
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="index")
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self.encoder: EncoderProcess | None = None
         self._embedding = False
         self._closing = False
         self.watcher: WorkspaceWatcher | None = None
@@ -131,9 +132,7 @@ class AlignCoderServer(LanguageServer):
             self._embedding = False
 
     async def _embed(self, pending: list[tuple[bytes, str]]) -> bool:
-        if self.encoder is None:
-            retriever = self.settings.retriever
-            self.encoder = EncoderProcess(retriever.model, retriever.precision, retriever.max_tokens, retriever.threads)
+        encoder = self.engine.encoder()
         token = f"aligncoder/embed/{id(pending)}"
         progress = len(pending) > 64 and await self._begin_progress(token, "Embedding snippets")
         batch = 16
@@ -144,7 +143,7 @@ class AlignCoderServer(LanguageServer):
                 return False
             keys, texts = zip(*pending[start:start + batch])
             try:
-                vectors = await self.spawn(lambda: self.encoder.encode(list(texts)), self.embed_executor, "embedding")
+                vectors = await self.spawn(lambda: encoder.encode(list(texts)), self.embed_executor, "embedding")
             except ModelUnavailable as error:
                 self.report_model_error(error)
                 return False
@@ -313,8 +312,7 @@ class AlignCoderServer(LanguageServer):
             self.watcher.stop()
         for executor in (self.model_executor, self.index_executor, self.embed_executor):
             executor.shutdown(wait=False, cancel_futures=True)
-        if self.encoder is not None:
-            self.encoder.close()
+        self.engine.close_encoder()
         if self._save_timer is not None:  # changes not yet persisted
             self.index.save()
 
