@@ -201,7 +201,7 @@ def _complete(args: argparse.Namespace) -> int:
     print("\n--- trace", file=sys.stderr)
     if stats:
         print(f"index: {stats.files} files, {stats.snippets} snippets in {stats.seconds:.2f} s", file=sys.stderr)
-    print(f"mode: {trace.mode}, shape: {trace.shape}, model: {trace.model}", file=sys.stderr)
+    print(f"mode: {trace.mode}, shape: {trace.shape}, model: {trace.model} ({trace.prompt_format})", file=sys.stderr)
     for use in trace.snippets:
         print(f"snippet: {use.describe()}", file=sys.stderr)
     print(f"tokens: prompt {trace.prompt_tokens} (reused {trace.reused_tokens}), generated "

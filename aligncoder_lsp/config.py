@@ -51,14 +51,20 @@ class RetrievalSettings:
     """Non-empty lines before the cursor that form the retrieval query."""
     context_tokens: int = 600
     """Token budget of the repository context."""
+    continuation_lines: int = 8
+    """Lines that follow a retrieved snippet in its file, shown with it."""
     candidates: int = 16
     """Coarse (BM25) candidates that fine retrieval re-ranks."""
+    lexical_weight: float = 0.0
+    """Weight of the coarse (BM25) score, scaled to [0, 1], added to the dense score in fine retrieval."""
     drafts: int = 4
     """Sampled draft continuations that enhance the fine-retrieval query."""
     draft_tokens: int = 32
     """Upper bound of tokens per draft."""
-    draft_prefix_tokens: int = 512
+    draft_prefix_tokens: int = 384
     """Tokens of the code before the cursor in the sampler's prompt (drafts need local context)."""
+    draft_context_tokens: int = 300
+    """Token budget of the coarse context in the sampler's prompt."""
     draft_temperature: float = 0.8
     """Sampling temperature of the drafts."""
     draft_top_p: float = 0.95
@@ -105,6 +111,8 @@ class CompletionSettings:
 
     prefix_tokens: int = 1500
     """Tokens of the code before the cursor kept in the prompt."""
+    suffix_tokens: int = 256
+    """Tokens of the code after the cursor given to fill-in-the-middle models (0: always left to right)."""
     max_lines: int = 8
     """Upper bound of lines in a multi-line completion."""
 

@@ -20,7 +20,7 @@ from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
-from aligncoder_lsp.models.prompts import heal_trailing_space, render_context, tail_within
+from aligncoder_lsp.models.prompts import head_within, heal_trailing_space, render_context, tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
 from aligncoder_lsp.retrieval.coarse import coarse_retrieve, query_from_prefix, rank_dependencies
 from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
@@ -73,6 +73,7 @@ class Trace:
     snippets: list[SnippetUse] = field(default_factory=list)
     drafts: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    prompt_format: str = "left-to-right"
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_tokens: int = 0
@@ -152,7 +153,7 @@ class CompletionEngine:
         if mode == "selective":
             first = self._generate(job, job.code, cancel)
             policy = self.policy()
-            probability = policy.probability(selective_features(first, job.prefix, self.index))
+            probability = policy.probability(selective_features(first, job.prefix, job.request.path, self.index))
             job.trace.retrieve_probability = round(probability, 3)
             job.clock.lap("policy")
             threshold = settings.retrieval.threshold if settings.retrieval.threshold >= 0 else policy.threshold
@@ -183,14 +184,20 @@ class CompletionEngine:
         prefix, suffix = request.split()
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
-        code = tail_within(heal_trailing_space(prefix)[0], self.settings.completion.prefix_tokens, model.count_tokens)
+        completion = self.settings.completion
+        code = tail_within(heal_trailing_space(prefix)[0], completion.prefix_tokens, model.count_tokens)
+        after = ""
+        if model.fim is not None and completion.suffix_tokens > 0 and suffix.strip():
+            after = head_within(suffix[: completion.suffix_tokens * 8], completion.suffix_tokens, model.count_tokens)
+            trace.prompt_format = f"fill-in-the-middle ({model.fim.family})"
         clock.lap("prompt")
-        return _Job(request, model, prefix, cursor, code, trace, clock)
+        return _Job(request, model, prefix, cursor, code, after, trace, clock)
 
     def _generate(self, job: _Job, prompt: str, cancel: threading.Event) -> Generation:
         max_lines = self.settings.completion.max_lines
         generation = job.model.generate(prompt, self.settings.model.max_tokens, cancel,
-                                        should_stop=lambda text: is_complete(text, job.cursor, max_lines))
+                                        should_stop=lambda text: is_complete(text, job.cursor, max_lines),
+                                        suffix=job.suffix)
         timings = job.trace.timings_ms
         timings["prompt_eval"] = round(timings.get("prompt_eval", 0) + generation.prompt_ms, 1)
         timings["decode"] = round(timings.get("decode", 0) + generation.generate_ms, 1)
@@ -223,7 +230,7 @@ class CompletionEngine:
             return self._render(coarse, request, model, trace)
         if mode == "aligncoder":
             local = tail_within(job.code, settings.draft_prefix_tokens, model.count_tokens)
-            sampler_prompt = self._render(coarse[: len(dependencies) + settings.top_k], request, model, None) + local
+            sampler_prompt = self._render(coarse, request, model, None, settings.draft_context_tokens) + local
             max_lines = self.settings.completion.max_lines
             drafts = self.drafter().draft(
                 sampler_prompt, settings.draft_tokens, cancel,
@@ -235,26 +242,42 @@ class CompletionEngine:
             job.clock.lap("drafts")
         if cancel.is_set():
             raise Cancelled()
-        ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse])
+        ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse],
+                           [score for _, score, _ in coarse], settings.lexical_weight)
         job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
         return self._render([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request, model, trace)
 
     def _render(self, ranked: list[tuple[Snippet, float, str]], request: CompletionRequest,
-                model: LlamaModel, trace: Trace | None) -> str:
-        """The best snippets that fit the token budget, rendered as a comment block."""
+                model: LlamaModel, trace: Trace | None, budget: int | None = None) -> str:
+        """The best snippets that fit the token ``budget`` (default ``context_tokens``),
+        rendered as a comment block.
+
+        Dependency signatures take at most a third of the budget (a long one is cut to its
+        head), so that code snippets always keep the rest.
+        """
         settings = self.settings.retrieval
+        budget = settings.context_tokens if budget is None else budget
         chosen: list[tuple[str, str]] = []
-        used = 0
+        used = dependency_used = 0
         for snippet, score, source in ranked:
             if len(chosen) == settings.top_k + settings.dependencies:
                 break
-            cost = model.count_tokens(snippet.text) + 8
-            if used + cost > settings.context_tokens:
+            text = snippet.text
+            if source.endswith("dependency"):
+                allowed = min(budget // 3 - dependency_used, budget - used) - 8
+                text = head_within(text, allowed, model.count_tokens) if allowed > 0 else ""
+                if not text.strip():
+                    continue
+            elif settings.continuation_lines > 0:
+                text = "\n".join(filter(None, [text, self.index.continuation(snippet, settings.continuation_lines)]))
+            cost = model.count_tokens(text) + 8
+            if used + cost > budget:
                 continue
             used += cost
+            dependency_used += cost if source.endswith("dependency") else 0
             shown = self.index.relative(snippet.path)
-            chosen.append((shown, snippet.text))
+            chosen.append((shown, text))
             if trace is not None:
                 trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), source))
         # Least relevant first: the best snippet sits closest to the code being completed.
@@ -271,6 +294,8 @@ class _Job:
     cursor: Cursor
     code: str
     """The code before the cursor that fits the prompt."""
+    suffix: str
+    """The code after the cursor given to a fill-in-the-middle model ('' for left to right)."""
     trace: Trace
     clock: _Clock
 

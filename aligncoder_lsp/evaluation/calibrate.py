@@ -76,7 +76,7 @@ def collect(repos: Path, names: list[str], per_repo: int, excluded: dict[str, se
                 lines = prefix.split("\n")
                 request = CompletionRequest(str(path), prefix, len(lines) - 1, len(lines[-1]))
                 first, generation = engine.attempt(request, threading.Event())
-                features.append(selective_features(generation, prefix, index))
+                features.append(selective_features(generation, prefix, str(path), index))
                 plain.append(edit_similarity(first.text, truth))
                 result = engine.complete(request, threading.Event(), "aligncoder")
                 retrieved.append(edit_similarity(result.text, truth))

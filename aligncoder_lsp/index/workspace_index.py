@@ -286,6 +286,19 @@ class WorkspaceIndex:
             ranked = self._bm25.top(tokens, k, keep=lambda i: self._snippets[i].path != exclude_path)
             return [(self._snippets[i], score) for i, score in ranked if score > 0]
 
+    def continuation(self, snippet: Snippet, lines: int) -> str:
+        """Up to ``lines`` lines of ``snippet``'s file that follow it (what came next after
+        code like the query is what a completion needs)."""
+        with self._lock:
+            ids = self._by_path.get(snippet.path, [])
+            following = [self._snippets[i] for i in ids if self._snippets[i].start >= snippet.end]
+        out: list[str] = []
+        for block in sorted(following, key=lambda s: s.start):
+            out.extend(block.text.split("\n"))
+            if len(out) >= lines:
+                break
+        return "\n".join(out[:lines])
+
     def document_frequency(self, token: str) -> int:
         """Snippets that contain ``token`` (a lower-cased code token)."""
         with self._lock:

@@ -4,6 +4,9 @@ One ``Llama`` object must never be used by two threads at once: callers own the 
 single worker thread. The prompt is evaluated in small chunks and generation proceeds one
 token at a time, checking the cancel event between steps, so a cancelled request stops
 within one step. Consecutive prompts that share a token prefix reuse its KV cache.
+
+Models whose vocabulary has fill-in-the-middle tokens (llama.cpp reads them from the GGUF)
+get the code after the cursor too, laid out prefix-suffix-middle with the family's tokens.
 """
 
 from __future__ import annotations
@@ -39,6 +42,37 @@ def _reusable_prefix(cached, tokens: list[int]) -> int:
             break
         common += 1
     return min(common, len(tokens) - 1)
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """Fill-in-the-middle token ids of a model and the family they identify."""
+
+    family: str
+    prefix: int
+    suffix: int
+    middle: int
+
+
+FIM_FAMILIES = {"<|fim_prefix|>": "qwen-coder", "<fim_prefix>": "starcoder", "<fim-prefix>": "starcoder",
+                "<｜fim▁begin｜>": "deepseek-coder", "<PRE>": "codellama", "▁<PRE>": "codellama"}
+"""The text of a model's FIM-prefix token -> its family (CodeGemma shares Qwen's, see below)."""
+
+
+def fim_family(prefix_text: str, has_file_separator: bool) -> str:
+    """The model family named by its FIM-prefix token text; CodeGemma spells it like
+    Qwen-Coder but separates files with ``<|file_separator|>``."""
+    family = FIM_FAMILIES.get(prefix_text.strip(), "other")
+    return "codegemma" if family == "qwen-coder" and has_file_separator else family
+
+
+def fim_prompt(bos: list[int], before: list[int], after: list[int], fim: FimTokens, room: int) -> list[int]:
+    """``before`` and ``after`` the cursor in prefix-suffix-middle order within ``room``
+    tokens: the suffix keeps its head (at most half the room), the prefix its tail."""
+    after = after[: max(0, (room - len(bos) - 3) // 2)]
+    keep = max(0, room - len(bos) - len(after) - 3)
+    before = before[len(before) - keep:] if keep else []
+    return bos + [fim.prefix] + before + [fim.suffix] + after + [fim.middle]
 
 
 class Cancelled(Exception):
@@ -79,9 +113,36 @@ class LlamaModel:
         self.load_seconds = time.perf_counter() - started
         self.n_ctx = n_ctx
         self.eos = self.llm.token_eos()
-        self.eog = {self.eos}
         self.vocabulary = self.llm.n_vocab()
-        logger.info("loaded %s in %.2f s", path, self.load_seconds)
+        self.fim = self._detect_fim()
+        logger.info("loaded %s in %.2f s (%s)", path, self.load_seconds,
+                    f"fill-in-the-middle: {self.fim.family}" if self.fim else "left-to-right")
+
+    def _detect_fim(self) -> FimTokens | None:
+        import llama_cpp
+
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        ids = [llama_cpp.llama_vocab_fim_pre(self._vocab), llama_cpp.llama_vocab_fim_suf(self._vocab),
+               llama_cpp.llama_vocab_fim_mid(self._vocab)]
+        if min(ids) < 0:
+            return None
+        text = llama_cpp.llama_vocab_get_text(self._vocab, ids[0]).decode("utf-8", errors="replace")
+        separator = self.llm.tokenize(b"<|file_separator|>", add_bos=False, special=True)
+        return FimTokens(fim_family(text, len(separator) == 1), *ids)
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS, end of turn, FIM file separators...)."""
+        import llama_cpp
+
+        return token == self.eos or bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def prompt_tokens(self, prompt: str, room: int, suffix: str = "") -> list[int]:
+        """Token ids of ``prompt`` (the code before the cursor last) within ``room`` tokens;
+        with a FIM model and a non-empty ``suffix``, laid out prefix-suffix-middle."""
+        if not suffix or self.fim is None:
+            return _fit(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False), room)
+        bos = self.llm.tokenize(b"", add_bos=True, special=False)
+        return fim_prompt(bos, self.tokenize(prompt), self.tokenize(suffix), self.fim, room)
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
@@ -101,10 +162,11 @@ class LlamaModel:
         max_tokens: int,
         cancel: threading.Event,
         should_stop: Callable[[str], bool] = lambda _: False,
+        suffix: str = "",
     ) -> Generation:
-        """Greedy continuation of ``prompt``; ``should_stop(text)`` ends it early."""
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        tokens = _fit(tokens, self.n_ctx - max_tokens - 1)
+        """Greedy continuation of ``prompt`` (filling in before ``suffix`` on a FIM model);
+        ``should_stop(text)`` ends it early."""
+        tokens = self.prompt_tokens(prompt, self.n_ctx - max_tokens - 1, suffix)
         started = time.perf_counter()
         reused = self._evaluate_prompt(tokens, cancel)
         prompt_done = time.perf_counter()
@@ -116,7 +178,7 @@ class LlamaModel:
                 raise Cancelled()
             logits = self._last_logits()
             token = int(logits.argmax())
-            if token in self.eog:
+            if self.is_end(token):
                 stopped_by = "eos"
                 break
             top = float(logits[token])
@@ -234,8 +296,7 @@ class Drafter:
               should_stop: Callable[[str], bool] = lambda _: False,
               temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
         llama_cpp = self._llama_cpp
-        tokens = self.model.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        tokens = _fit(tokens, self.model.n_ctx - max_tokens - 1)
+        tokens = self.model.prompt_tokens(prompt, self.model.n_ctx - max_tokens - 1)
         started = time.perf_counter()
         common = _reusable_prefix(self._cached, tokens)
         llama_cpp.llama_memory_seq_rm(self._memory, -1, common, -1)
@@ -279,7 +340,7 @@ class Drafter:
     def _accept(self, sequence: int, token: int, outputs: list[list[int]], texts: list[str],
                 should_stop: Callable[[str], bool]) -> bool:
         """Record a sampled token; whether the sequence goes on."""
-        if token in self.model.eog:
+        if self.model.is_end(token):
             return False
         outputs[sequence].append(token)
         texts[sequence] = self.model.detokenize(outputs[sequence])

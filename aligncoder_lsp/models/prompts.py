@@ -48,6 +48,19 @@ def tail_within(text: str, budget: int, count: Callable[[str], int], granularity
     return window
 
 
+def head_within(text: str, budget: int, count: Callable[[str], int]) -> str:
+    """The longest prefix of ``text`` made of whole lines that fits ``budget`` tokens ('' if none)."""
+    lines = text.split("\n")
+    low, high = 0, len(lines)
+    while low < high:  # the most lines whose head fits
+        middle = (low + high + 1) // 2
+        if count("\n".join(lines[:middle])) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return "\n".join(lines[:low])
+
+
 def _first_line_within(text: str, starts: list[int], budget: int, count: Callable[[str], int]) -> int:
     """The smallest line index whose tail fits the budget (binary search on lines)."""
     low, high = 0, len(starts) - 1

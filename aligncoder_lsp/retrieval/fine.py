@@ -2,7 +2,9 @@
 
 The query is the unfinished code, enhanced with the sampler's drafts (AlignCoder): the
 drafts carry what the code is about to say, which the code before the cursor often does
-not. The query keeps the most recent code within a size the encoder reads whole.
+not. The query keeps the most recent code within a size that leaves the encoder room for
+the drafts. The dense score can be blended with the coarse (BM25) score, so that an
+untrained encoder does not throw away a strong lexical match.
 """
 
 from __future__ import annotations
@@ -15,20 +17,24 @@ from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 
 QUERY_CODE_CHARS = 600
 """Characters of code before the cursor in a fine query (about 150-200 tokens)."""
+DRAFTED_QUERY_CODE_CHARS = 360
+"""The same when drafts follow, so that code and drafts fit the encoder's 256 tokens."""
 
 
 def enhanced_query(query: str, drafts: list[str] = ()) -> str:
     """The most recent code of ``query`` followed by the drafts as candidate answers."""
-    code = query[-QUERY_CODE_CHARS:]
+    drafts = [draft for draft in drafts if draft.strip()]
+    code = query[-(DRAFTED_QUERY_CODE_CHARS if drafts else QUERY_CODE_CHARS):]
     if len(code) < len(query) and "\n" in code:
         code = code[code.index("\n") + 1:]
-    parts = [code] + [f"# candidate answer {i}:\n{draft}" for i, draft in enumerate(drafts, 1) if draft.strip()]
+    parts = [code] + [f"# candidate answer {i}:\n{draft}" for i, draft in enumerate(drafts, 1)]
     return "\n".join(parts)
 
 
-def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str,
-              candidates: list[Snippet]) -> list[tuple[Snippet, float]]:
-    """``candidates`` by cosine similarity to ``query`` (stored vectors reused)."""
+def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str, candidates: list[Snippet],
+              lexical: list[float] | None = None, weight: float = 0.0) -> list[tuple[Snippet, float]]:
+    """``candidates`` by cosine similarity to ``query`` (stored vectors reused), plus
+    ``weight`` times their ``lexical`` scores scaled to [0, 1]."""
     if not candidates:
         return []
     vectors = index.vectors_for(candidates)
@@ -37,5 +43,7 @@ def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str,
     for row, i in enumerate(missing, 1):
         vectors[i] = encoded[row]
     scores = np.stack(vectors) @ encoded[0]
+    if lexical is not None and weight and max(lexical) > 0:
+        scores = scores + weight * np.asarray(lexical) / max(lexical)
     order = np.argsort(-scores, kind="stable")
     return [(candidates[i], float(scores[i])) for i in order]

@@ -1,8 +1,9 @@
 """Selective retrieval (Repoformer): decide per request whether retrieval is worth it.
 
 The generator first completes without repository context; features of that attempt (its
-confidence, whether it reaches for names the file has not defined but the repository
-has) go through a logistic model, calibrated on self-supervised examples from code
+confidence, whether it reaches for names the file has not defined, and whether those names
+exist in the repository at all) and of the repository (how much of the code before the
+cursor the best match in another file shares) go through a logistic model, calibrated on self-supervised examples from code
 (``aligncoder-lsp calibrate``): label = retrieval raised edit similarity. Retrieval runs
 when the probability reaches the threshold setting; otherwise the first attempt is the
 answer, at the cost of a plain completion.
@@ -18,33 +19,36 @@ from pathlib import Path
 
 import numpy as np
 
+from aligncoder_lsp.index.tokenize import code_tokens
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.models.llama_backend import Generation
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "weights" / "selective-policy.json"
-FEATURES = ("bias", "mean_logprob", "min_logprob", "first_logprob", "tokens", "ended_by_eos",
-            "novel_identifiers", "repository_identifiers")
+FEATURES = ("bias", "mean_logprob", "min_logprob", "first_logprob", "tokens",
+            "novel_identifiers", "unknown_identifiers", "repository_overlap")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def selective_features(first: Generation, prefix: str, index: WorkspaceIndex) -> np.ndarray:
-    """Features of a context-free attempt at the completion."""
+def selective_features(first: Generation, prefix: str, path: str, index: WorkspaceIndex) -> np.ndarray:
+    """Features of a context-free attempt at the completion in the file ``path``."""
     logprobs = first.logprobs or [0.0]
     generated = set(_IDENTIFIER.findall(first.text))
-    seen = set(_IDENTIFIER.findall(prefix[-6000:]))
-    novel = len(generated - seen) / len(generated) if generated else 0.0
-    recent = set(_IDENTIFIER.findall("\n".join(prefix.split("\n")[-5:])))
-    known = sum(1 for name in recent if index.document_frequency(name.lower()) > 0) / len(recent) if recent else 0.0
+    novel = generated - set(_IDENTIFIER.findall(prefix[-6000:]))
+    unknown = [name for name in novel if index.document_frequency(name.lower()) == 0]
+    recent = "\n".join(prefix.split("\n")[-5:])
+    words = set(code_tokens(recent))
+    best = index.search(recent, 1, exclude_path=path)
+    overlap = len(words.intersection(code_tokens(best[0][0].text))) / len(words) if best and words else 0.0
     return np.array([
         1.0,
         float(np.mean(logprobs)),
         float(np.min(logprobs)),
         float(logprobs[0]),
         math.log1p(len(first.logprobs)),
-        float(first.stopped_by == "eos"),
-        novel,
-        known,
+        len(novel) / len(generated) if generated else 0.0,
+        len(unknown) / len(novel) if novel else 0.0,
+        overlap,
     ])
 
 

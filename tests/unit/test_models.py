@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, sha256_of
-from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, LlamaModel
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, FimTokens, LlamaModel, fim_family, fim_prompt
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,24 @@ def test_drafts_are_decoded_together_and_keep_the_prompt_cached(model):
     assert again.reused_tokens == again.prompt_tokens - 1
     assert len(set(first.texts + again.texts)) > 1  # sampled, not greedy
     drafter.close()
+
+
+@pytest.mark.parametrize("text, separator, family", [
+    ("<|fim_prefix|>", False, "qwen-coder"), ("<|fim_prefix|>", True, "codegemma"),
+    ("<fim_prefix>", False, "starcoder"), ("<\uff5cfim\u2581begin\uff5c>", False, "deepseek-coder"),
+    ("\u2581<PRE>", False, "codellama"), ("<|fill|>", False, "other")])
+def test_fim_family_from_the_prefix_token(text, separator, family):
+    assert fim_family(text, separator) == family
+
+
+def test_fim_prompt_is_prefix_suffix_middle_within_room():
+    fim = FimTokens("qwen-coder", 901, 902, 903)
+    assert fim_prompt([1], [10, 11], [20], fim, 100) == [1, 901, 10, 11, 902, 20, 903]
+    tokens = fim_prompt([], list(range(100)), list(range(200, 300)), fim, 40)
+    assert len(tokens) == 40 and tokens[0] == 901 and tokens[-1] == 903
+    assert tokens[tokens.index(902) + 1] == 200 and tokens[tokens.index(902) - 1] == 99
+
+
+def test_embedded_model_completes_left_to_right(model):
+    assert model.fim is None and model.is_end(model.eos)
+    assert model.prompt_tokens("x = 1", 100, suffix="y = 2") == model.prompt_tokens("x = 1", 100)

@@ -68,3 +68,18 @@ def test_selective_follows_the_policy_and_its_threshold(engine):
     engine.settings.retrieval.threshold = 1.01
     assert not engine.complete(_request(), threading.Event(), "selective").trace.retrieved
     engine.settings.retrieval.threshold = -1.0
+
+
+def test_dependency_signatures_keep_to_their_budget(engine):
+    request = _request()
+    dependencies = engine.index.dependencies(request.path, request.text)
+    assert dependencies
+    model = engine.generator()
+    ranked = [(s, 0.0, "dependency") for s in dependencies]
+    context = engine._render(ranked, request, model, None, budget=90)
+    assert context and model.count_tokens(context) <= 30 + 40  # the header and path lines
+    for snippet in dependencies:  # what is shown is the head of a signature
+        shown = [block for block in context.split("# --- ")[1:] if block.startswith(engine.index.relative(snippet.path))]
+        for block in shown:
+            body = "\n".join(line[2:] for line in block.strip().split("\n")[1:])
+            assert snippet.text.startswith(body)

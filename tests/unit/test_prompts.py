@@ -1,4 +1,4 @@
-from aligncoder_lsp.models.prompts import heal_trailing_space, render_context, tail_within
+from aligncoder_lsp.models.prompts import head_within, heal_trailing_space, render_context, tail_within
 from aligncoder_lsp.retrieval.coarse import query_from_prefix
 
 
@@ -43,3 +43,11 @@ def test_rounding_never_empties_a_short_window():
     text = "".join(f"w{i} w{i}\n" for i in range(40))
     window = tail_within(text, 6, words, granularity=16)
     assert window.strip() and words(window) <= 6
+
+
+def test_head_keeps_whole_lines_within_budget():
+    text = "\n".join(f"line {n}" for n in range(10))
+    count = lambda t: len(t.split())
+    assert head_within(text, 6, count) == "line 0\nline 1\nline 2"
+    assert head_within(text, 100, count) == text
+    assert head_within(text, 1, count) == ""

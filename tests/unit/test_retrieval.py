@@ -5,7 +5,7 @@ import numpy as np
 from aligncoder_lsp.config import IndexSettings
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from aligncoder_lsp.retrieval.fine import QUERY_CODE_CHARS, enhanced_query, fine_rank
+from aligncoder_lsp.retrieval.fine import DRAFTED_QUERY_CODE_CHARS, QUERY_CODE_CHARS, enhanced_query, fine_rank
 from aligncoder_lsp.retrieval.selective import FEATURES, SelectivePolicy
 from aligncoder_lsp.evaluation.calibrate import choose_threshold
 
@@ -27,6 +27,10 @@ def test_drafts_steer_the_fine_ranking():
     assert plain[0][0].path == "b.py"
     steered = fine_rank(BagOfWords(), index, enhanced_query("total = vat", ["discount(discount)", "discount"]), snippets)
     assert steered[0][0].path == "a.py"
+    query = enhanced_query("total = vat", ["discount(discount)", "discount"])
+    blended = fine_rank(BagOfWords(), index, query, snippets, lexical=[0.0, 12.5], weight=2.0)
+    assert blended[0][0].path == "b.py" and blended[0][1] > 2.0
+    assert fine_rank(BagOfWords(), index, query, snippets, lexical=[0.0, 0.0], weight=2.0) == steered
     assert fine_rank(BagOfWords(), index, "x", []) == []
 
 
@@ -34,8 +38,9 @@ def test_enhanced_query_keeps_recent_code_and_every_draft():
     code = "\n".join(f"line_{n} = {n}" for n in range(200))
     query = enhanced_query(code, ["first()", "", "second()"])
     assert "line_199 = 199" in query and "line_0 = 0" not in query
-    assert query.endswith("# candidate answer 1:\nfirst()\n# candidate answer 3:\nsecond()")
-    assert len(query.split("# candidate answer")[0]) <= QUERY_CODE_CHARS + 1
+    assert query.endswith("# candidate answer 1:\nfirst()\n# candidate answer 2:\nsecond()")
+    assert len(query.split("# candidate answer")[0]) <= DRAFTED_QUERY_CODE_CHARS + 1
+    assert len(enhanced_query(code)) <= QUERY_CODE_CHARS
 
 
 def test_policy_learns_a_separable_rule_and_round_trips(tmp_path):

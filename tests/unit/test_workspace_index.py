@@ -150,3 +150,14 @@ def test_several_roots(workspace, tmp_path):
     index.build([workspace, other])
     assert _found(index, "omegaonly") == {"omega.py"}
     assert _found(index, "alphaonly") | _found(index, "alpha_function") == {"pkg/alpha.py", "pkg/__init__.py"}
+
+
+def test_continuation_is_what_follows_a_snippet_in_its_file(tmp_path):
+    text = "\n\n".join(f"def f{n}():\n    return {n}" for n in range(6))
+    (tmp_path / "m.py").write_text(text)
+    index = WorkspaceIndex(IndexSettings(block_lines=4))
+    index.build([tmp_path])
+    (first, _), = [hit for hit in index.search("f0", 5) if "f0" in hit[0].text]
+    assert index.continuation(first, 3) == "def f1():\n    return 1\ndef f2():"
+    last = index.search("f5", 1)[0][0]
+    assert index.continuation(last, 3) == ""
