@@ -55,7 +55,7 @@ class RetrievalSettings:
     """Lines that follow a retrieved snippet in its file, shown with it."""
     candidates: int = 16
     """Coarse (BM25) candidates that fine retrieval re-ranks."""
-    lexical_weight: float = 0.0
+    lexical_weight: float = 0.15
     """Weight of the coarse (BM25) score, scaled to [0, 1], added to the dense score in fine retrieval."""
     drafts: int = 4
     """Sampled draft continuations that enhance the fine-retrieval query."""
