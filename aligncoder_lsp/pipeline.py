@@ -264,7 +264,8 @@ class CompletionEngine:
             if len(chosen) == settings.top_k + settings.dependencies:
                 break
             text = snippet.text
-            if source.endswith("dependency"):
+            is_dependency = snippet.kind == "dependency"
+            if is_dependency:
                 allowed = min(budget // 3 - dependency_used, budget - used) - 8
                 text = head_within(text, allowed, model.count_tokens) if allowed > 0 else ""
                 if not text.strip():
@@ -275,7 +276,7 @@ class CompletionEngine:
             if used + cost > budget:
                 continue
             used += cost
-            dependency_used += cost if source.endswith("dependency") else 0
+            dependency_used += cost if is_dependency else 0
             shown = self.index.relative(snippet.path)
             chosen.append((shown, text))
             if trace is not None:

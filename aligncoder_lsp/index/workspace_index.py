@@ -289,11 +289,11 @@ class WorkspaceIndex:
     def continuation(self, snippet: Snippet, lines: int) -> str:
         """Up to ``lines`` lines of ``snippet``'s file that follow it (what came next after
         code like the query is what a completion needs)."""
-        with self._lock:
-            ids = self._by_path.get(snippet.path, [])
-            following = [self._snippets[i] for i in ids if self._snippets[i].start >= snippet.end]
+        with self._lock:  # a file's snippets are kept in the order of their lines
+            following = [self._snippets[i] for i in self._by_path.get(snippet.path, [])
+                         if self._snippets[i].start >= snippet.end]
         out: list[str] = []
-        for block in sorted(following, key=lambda s: s.start):
+        for block in following:
             out.extend(block.text.split("\n"))
             if len(out) >= lines:
                 break

@@ -94,11 +94,11 @@ class Generation:
 
 class LlamaModel:
     def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0):
-        from llama_cpp import Llama
+        import llama_cpp
 
         started = time.perf_counter()
         try:
-            self.llm = Llama(
+            self.llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_batch=512,
@@ -114,6 +114,7 @@ class LlamaModel:
         self.n_ctx = n_ctx
         self.eos = self.llm.token_eos()
         self.vocabulary = self.llm.n_vocab()
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.fim = self._detect_fim()
         logger.info("loaded %s in %.2f s (%s)", path, self.load_seconds,
                     f"fill-in-the-middle: {self.fim.family}" if self.fim else "left-to-right")
@@ -121,7 +122,6 @@ class LlamaModel:
     def _detect_fim(self) -> FimTokens | None:
         import llama_cpp
 
-        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         ids = [llama_cpp.llama_vocab_fim_pre(self._vocab), llama_cpp.llama_vocab_fim_suf(self._vocab),
                llama_cpp.llama_vocab_fim_mid(self._vocab)]
         if min(ids) < 0:
@@ -254,7 +254,6 @@ class Drafter:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(max(PROMPT_CHUNK, k), 0, k)
         self._cached: list[int] = []
-        self._vocab = model.llm.n_vocab()
         self._rng = np.random.default_rng(seed)
 
     def close(self) -> None:
@@ -280,7 +279,7 @@ class Drafter:
             raise RuntimeError("llama.cpp failed to decode a draft batch")
 
     def _logits(self, index: int) -> np.ndarray:
-        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._vocab,))
+        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.model.vocabulary,))
 
     def _sample(self, logits: np.ndarray, temperature: float, top_p: float) -> int:
         candidates = np.argpartition(-logits, 64)[:64]
