@@ -7,6 +7,7 @@ used and how long each step took.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aligncoder_lsp.config import MODES, Settings
-from aligncoder_lsp.index.embeddings import Encoder, TextEncoder
+from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, resolve_precision
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
+from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, embedded_retriever
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import head_within, heal_trailing_space, render_context, tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
@@ -130,8 +131,22 @@ class CompletionEngine:
         return self._encoder
 
     def close_encoder(self) -> None:
+        """Release the retriever (the next use loads it again, e.g. after a settings change)."""
         if self._encoder is not None and hasattr(self._encoder, "close"):
             self._encoder.close()
+        self._encoder = None
+
+    def retriever_identity(self) -> str:
+        """What snippet vectors depend on: the retriever's files and how it reads snippets
+        (vectors of another retriever live in another space)."""
+        retriever = self.settings.retriever
+        try:
+            folder = Path(retriever.model).expanduser().resolve() if retriever.model else embedded_retriever()
+            weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                             for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
+        except (ModelUnavailable, OSError):
+            folder, weights = Path(retriever.model), []
+        return json.dumps([str(folder), weights, resolve_precision(retriever.precision), retriever.max_tokens])
 
     def policy(self) -> SelectivePolicy:
         if self._policy is None:

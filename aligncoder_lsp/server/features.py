@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from aligncoder_lsp.config import Settings
@@ -37,16 +38,15 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
         folders = [to_fs_path(f.uri) for f in params.workspace_folders or []]
         if not folders and (root := params.root_uri or params.root_path):
             folders = [to_fs_path(root) if "://" in root else root]
-        ls.roots = [Path(folder).resolve() for folder in folders if folder and Path(folder).is_dir()]
-        if ls.roots:
-            ls.index.cache_file = ls.index.cache_file_for(ls.settings.resolved_cache_dir(), ls.roots)
-        logger.info("workspace roots: %s", [str(root) for root in ls.roots] or "none")
+        roots = [Path(folder).resolve() for folder in folders if folder and Path(folder).is_dir()]
+        ls.indexing.initialize(roots)
+        logger.info("workspace roots: %s", [str(root) for root in roots] or "none")
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: AlignCoderServer, params: types.InitializedParams) -> None:
         ls.spawn(ls.load_model, ls.model_executor, "model loading")
-        if ls.roots and ls.settings.retrieval.enabled:
-            ls.track(asyncio.get_running_loop().create_task(ls.index_workspace()), "indexing")
+        if ls.settings.retrieval.enabled:
+            ls.track(asyncio.get_running_loop().create_task(ls.indexing.build()), "indexing")
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: AlignCoderServer, params: None) -> None:
@@ -59,18 +59,15 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_open_or_save(ls: AlignCoderServer, params) -> None:
-        ls.schedule_reindex(params.text_document.uri, delay=0)
+        ls.indexing.document_changed(params.text_document.uri, delay=0)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: AlignCoderServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.schedule_reindex(params.text_document.uri)
+        ls.indexing.document_changed(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: AlignCoderServer, params: types.DidCloseTextDocumentParams) -> None:
-        """The buffer's unsaved text no longer counts: back to the file on disk."""
-        if (resolved := ls.indexable(params.text_document.uri)) is not None:
-            done = ls.spawn(lambda: ls.index.refresh_file(resolved), ls.index_executor, "re-indexing")
-            done.add_done_callback(lambda _: ls.schedule_embedding())
+        ls.indexing.document_closed(params.text_document.uri)
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION,
@@ -99,15 +96,20 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
 
     @server.command(STATUS_COMMAND)
     def index_status(ls: AlignCoderServer, *args) -> dict:
-        """Files, snippets and embedded snippets in the index."""
-        return {"roots": [str(root) for root in ls.index.roots], "files": ls.index.file_count,
+        """Files, snippets and embedded snippets in the index (lock-free counters)."""
+        return {"roots": [str(root) for root in ls.indexing.roots], "files": ls.index.file_count,
                 "snippets": ls.index.snippet_count, "embedded": ls.index.embedded_count}
 
     @server.command(SEARCH_COMMAND)
-    def search(ls: AlignCoderServer, query: str, k: int) -> list[dict]:
-        """What BM25 retrieval finds for ``query``: path, 1-based lines, score."""
+    async def search(ls: AlignCoderServer, *args) -> list[dict]:
+        """What BM25 retrieval finds for ``query``: path, 1-based lines, score (arguments
+        ``[query, k]``; searched off the event loop)."""
+        if len(args) != 2 or not isinstance(args[0], str) or type(args[1]) is not int or not 1 <= args[1] <= 100:
+            raise JsonRpcInvalidParams(f"{SEARCH_COMMAND} takes [query: string, k: integer 1..100]")
+        query, k = args
+        found = await asyncio.to_thread(ls.index.search, query, k)
         return [{"path": ls.index.relative(snippet.path), "lines": [snippet.start + 1, snippet.end],
-                 "score": round(score, 3)} for snippet, score in ls.index.search(query, k)]
+                 "score": round(score, 3)} for snippet, score in found]
 
     @server.command(TRACE_COMMAND)
     def last_trace(ls: AlignCoderServer, *args) -> dict | None:

@@ -1,4 +1,7 @@
-"""The language server object: typed state, executors, background work, request dispatch."""
+"""The language server object: typed state, the model thread, request snapshots, errors.
+
+Index work (build, watch, re-index, embed, persist) lives in :class:`IndexFeature`.
+"""
 
 from __future__ import annotations
 
@@ -8,70 +11,71 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcParseError
 from pygls.lsp.server import LanguageServer
-from pygls.uris import to_fs_path
+from pygls.workspace import TextDocument
 
 from aligncoder_lsp import __version__
-from aligncoder_lsp.config import Settings, merge
+from aligncoder_lsp.config import Settings, describe, merge
 from aligncoder_lsp.index.embeddings import EncoderProcess
-from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequest
+from aligncoder_lsp.server.indexing import IndexFeature
 from aligncoder_lsp.server.positions import to_code_points
 from aligncoder_lsp.server.protocol import AlignProtocol
-from aligncoder_lsp.workspace.files import language_of
-from aligncoder_lsp.workspace.watcher import WorkspaceWatcher
+from aligncoder_lsp.workspace.files import Skip, language_of, read_source
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+MODEL_KEYS = {"model.generator", "model.nCtx", "model.nGpuLayers", "model.nThreads"}
+"""Settings whose change needs the generator loaded again."""
 
 
 class AlignCoderServer(LanguageServer):
     def __init__(self, settings: Settings | None = None):
         super().__init__("aligncoder-lsp", __version__, protocol_cls=AlignProtocol, max_workers=4)
         self.settings = settings or Settings()
-        self.index = WorkspaceIndex(self.settings.index)
+        self.indexing = IndexFeature(self)
         # One retriever for background embedding and fine retrieval: a worker process
-        self.engine = CompletionEngine(self.settings, self.index, lambda *args: EncoderProcess(
+        self.engine = CompletionEngine(self.settings, self.indexing.index, lambda *args: EncoderProcess(
             *args, threads=self.settings.retriever.threads))
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.index_executor = ThreadPoolExecutor(1, thread_name_prefix="index")
-        self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self._embedding = False
-        self._closing = False
-        self.watcher: WorkspaceWatcher | None = None
-        self._save_timer: asyncio.TimerHandle | None = None
-        self.roots: list[Path] = []
         self.model_error: str | None = None
         self.last_trace: dict | None = None
         self._cancels: set[threading.Event] = set()
         self._tasks: set[asyncio.Future] = set()
-        self._reindex_timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def index(self):
+        return self.indexing.index
 
     # -- settings --------------------------------------------------------------------
 
     def apply_settings(self, data: Any) -> None:
-        """Merge client settings (camelCase) and log what was ignored."""
+        """Merge client settings (camelCase), log what was ignored and apply what changed."""
         if data is None:
             return
         if isinstance(data, dict) and isinstance(data.get("aligncoder"), dict):
             data = data["aligncoder"]
-        before = (self.settings.model.generator, self.settings.model.n_ctx,
-                  self.settings.model.n_gpu_layers, self.settings.model.n_threads)
+        before = _values(self.settings)
         for warning in merge(self.settings, data):
             logger.warning("%s", warning)
             self.window_log_message(types.LogMessageParams(types.MessageType.Warning, warning))
-        after = (self.settings.model.generator, self.settings.model.n_ctx,
-                 self.settings.model.n_gpu_layers, self.settings.model.n_threads)
-        if before != after:
+        after = _values(self.settings)
+        changed = {key for key in after if after[key] != before.get(key)}
+        if changed & MODEL_KEYS:
             self.model_error = None
             self.model_executor.submit(self.engine.unload)
+        if any(key.startswith("retriever.") for key in changed):
+            self.engine.close_encoder()
+        if changed and self.indexing.roots:
+            self.indexing.settings_changed(changed)
 
     # -- background work -------------------------------------------------------------
 
@@ -91,108 +95,7 @@ class AlignCoderServer(LanguageServer):
         future.add_done_callback(done)
         return future
 
-    async def index_workspace(self) -> None:
-        token = "aligncoder/index"
-        progress = await self._begin_progress(token, "Indexing workspace")
-        loop = asyncio.get_running_loop()
-
-        def report(done: int, total: int) -> None:
-            if progress and (done % 200 == 0 or done == total):
-                message = f"{done}/{total} files"
-                percent = int(100 * done / max(total, 1))
-                loop.call_soon_threadsafe(
-                    self.work_done_progress.report, token,
-                    types.WorkDoneProgressReport(message=message, percentage=percent))
-
-        # Watch first: changes made while the index builds are applied right after it.
-        self.spawn(lambda: self.watch_workspace(loop), self.index_executor, "watching the workspace")
-        stats = await self.spawn(lambda: self.index.build(self.roots, report), self.index_executor, "indexing")
-        logger.info("indexed %d files, %d snippets in %.2f s (skipped: %s)",
-                    stats.files, stats.snippets, stats.seconds, dict(stats.skipped) or "none")
-        if progress:
-            self.work_done_progress.end(token, types.WorkDoneProgressEnd(
-                message=f"{stats.files} files, {stats.snippets} snippets"))
-        self.schedule_embedding()
-
-    def schedule_embedding(self) -> None:
-        """Embed snippets that have no vector yet, in the background (one run at a time)."""
-        if self.settings.retriever.background and not self._embedding and not self._closing:
-            self._embedding = True
-            self.track(asyncio.get_running_loop().create_task(self._embed_pending()), "embedding")
-
-    async def _embed_pending(self) -> None:
-        """Embed until no snippet lacks a vector (edits made meanwhile are picked up too)."""
-        try:
-            while not self._closing and (pending := self.index.pending_embeddings(limit=10**9)):
-                if not await self._embed(pending):
-                    return
-            if not self._closing:
-                self.schedule_save(delay=0)
-        finally:
-            self._embedding = False
-
-    async def _embed(self, pending: list[tuple[bytes, str]]) -> bool:
-        encoder = self.engine.encoder()
-        token = f"aligncoder/embed/{id(pending)}"
-        progress = len(pending) > 64 and await self._begin_progress(token, "Embedding snippets")
-        batch = 16
-        for start in range(0, len(pending), batch):
-            while self._cancels and not self._closing:  # completions get the CPU first
-                await asyncio.sleep(0.05)
-            if self._closing:
-                return False
-            keys, texts = zip(*pending[start:start + batch])
-            try:
-                vectors = await self.spawn(lambda: encoder.encode(list(texts)), self.embed_executor, "embedding")
-            except ModelUnavailable as error:
-                self.report_model_error(error)
-                return False
-            self.index.add_embeddings(list(keys), vectors)
-            if progress:
-                done = min(start + batch, len(pending))
-                self.work_done_progress.report(token, types.WorkDoneProgressReport(
-                    message=f"{done}/{len(pending)} snippets", percentage=int(100 * done / len(pending))))
-        if progress:
-            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"{len(pending)} snippets embedded"))
-        return True
-
-    def watch_workspace(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Apply file creations, edits, deletions and moves on disk to the index (starting
-        the observer walks the tree, so this runs on the index thread)."""
-        if self._closing or self.watcher is not None:
-            return
-        self.watcher = WorkspaceWatcher(
-            self.roots, lambda paths: loop.call_soon_threadsafe(self._apply_disk_changes, paths))
-        self.watcher.start()
-
-    def _apply_disk_changes(self, paths: set[Path]) -> None:
-        loop = asyncio.get_running_loop()
-
-        def apply() -> None:
-            changed = self.index.apply_changes(paths, skip_path=self.is_open)
-            if changed:
-                logger.info("applied changes of %d paths on disk (%d files)", len(paths), changed)
-                loop.call_soon_threadsafe(self.schedule_save)
-
-        done = self.spawn(apply, self.index_executor, "applying file changes")
-        done.add_done_callback(lambda _: self.schedule_embedding())
-
-    def schedule_save(self, delay: float = 10.0) -> None:
-        """Persist the index once changes have settled (a stale cache is only slower to
-        reload, never wrong: every file is checked on restart)."""
-        if self._save_timer is not None:
-            self._save_timer.cancel()
-        self._save_timer = asyncio.get_running_loop().call_later(delay, self._save_now)
-
-    def _save_now(self) -> None:
-        self._save_timer = None
-        self.spawn(self.index.save, self.index_executor, "saving the index")
-
-    def is_open(self, path: Path) -> bool:
-        """Open buffers override the disk."""
-        return any(Path(to_fs_path(uri) or "").resolve() == path for uri in list(self.workspace.text_documents))
-
-    async def _begin_progress(self, token: str, title: str) -> bool:
+    async def begin_progress(self, token: str, title: str) -> bool:
         capabilities = self.client_capabilities
         if not (capabilities.window and capabilities.window.work_done_progress):
             return False
@@ -220,55 +123,38 @@ class AlignCoderServer(LanguageServer):
         logger.error("%s", message)
         self.window_show_message(types.ShowMessageParams(types.MessageType.Error, message))
 
-    def schedule_reindex(self, uri: str, delay: float = 0.3) -> None:
-        """Re-index an open document shortly after its last change (trailing debounce)."""
-        if (timer := self._reindex_timers.pop(uri, None)) is not None:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._reindex_timers[uri] = loop.call_later(delay, self._reindex_now, uri)
-
-    def _reindex_now(self, uri: str) -> None:
-        self._reindex_timers.pop(uri, None)
-        path = self.indexable(uri)
-        document = self.workspace.text_documents.get(uri)
-        if path is not None and document is not None:
-            text = document.source
-            done = self.spawn(lambda: self.index.set_file(str(path), text), self.index_executor, "re-indexing")
-            done.add_done_callback(lambda _: self.schedule_embedding())
-
-    def indexable(self, uri: str) -> Path | None:
-        """The resolved path of ``uri`` if it is a source file inside a workspace root."""
-        path = to_fs_path(uri)
-        if path is None or language_of(path) is None:
-            return None
-        resolved = Path(path).resolve()
-        return resolved if any(resolved.is_relative_to(root.resolve()) for root in self.roots) else None
-
     # -- completion ------------------------------------------------------------------
 
+    def open_document(self, uri: str) -> TextDocument | None:
+        """The open buffer of ``uri`` (pygls keys buffers by the percent-decoded URI)."""
+        documents = self.workspace.text_documents
+        return documents.get(unquote(uri)) or documents.get(uri)
+
     def snapshot(self, uri: str, position: types.Position) -> CompletionRequest:
-        """The request's document text and cursor, frozen now (later edits do not leak in)."""
-        path = to_fs_path(uri)
-        document = self.workspace.text_documents.get(uri)
-        if document is not None:
-            text = document.source
-        elif path is not None and Path(path).is_file():
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise JsonRpcInvalidParams(f"cannot read {uri}: {error}") from error
-        else:
-            raise JsonRpcInvalidParams(f"unknown document {uri}")
+        """The request's document text and cursor, frozen now (later edits do not leak in).
+
+        Open buffers are completed as they are; an unopened file only when it is a source
+        file inside a workspace folder, read through the guarded reader."""
         if position.line < 0 or position.character < 0:
             raise JsonRpcInvalidParams("position must not be negative")
+        root, path = self.indexing.locate(uri)
+        document = self.open_document(uri)
+        if document is not None:
+            text = document.source
+        elif root is None or language_of(path) is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: not open and not a source file of the workspace")
+        else:
+            source = read_source(path, self.settings.index.max_file_bytes)
+            if isinstance(source, Skip):
+                raise JsonRpcInvalidParams(f"cannot read {uri}: {source.value}")
+            text = source.text
         text = text.replace("\r\n", "\n")
         lines = text.split("\n")
         line = min(position.line, len(lines) - 1)
         column = to_code_points(lines[line], position.character, self.workspace.position_encoding)
         if position.line >= len(lines):
             column = len(lines[line])
-        resolved = str(Path(path).resolve()) if path else uri
-        return CompletionRequest(resolved, text, line, column, language_of(resolved) or "python")
+        return CompletionRequest(str(path), text, line, column, language_of(path) or "python")
 
     async def complete(self, request: CompletionRequest) -> Completion | None:
         """Run the pipeline on the model thread; cancelling the awaiting task stops it
@@ -287,34 +173,24 @@ class AlignCoderServer(LanguageServer):
         finally:
             self._cancels.discard(cancel)
 
-    def cancel_all(self) -> None:
-        """Stop running generations and pending re-index timers."""
-        for cancel in list(self._cancels):
-            cancel.set()
-        for timer in self._reindex_timers.values():
-            timer.cancel()
-        self._reindex_timers.clear()
+    def completions_running(self) -> bool:
+        return bool(self._cancels)
 
     def stop_background(self) -> None:
         """Cancel background work while the event loop still runs (on ``shutdown``)."""
-        self._closing = True
-        self.cancel_all()
+        for cancel in list(self._cancels):
+            cancel.set()
+        self.indexing.shutdown()
         for future in list(self._tasks):
             future.cancel()
-        if self._save_timer is not None:
-            self._save_timer.cancel()
 
     def close(self) -> None:
         """Release threads and persist pending index changes (after the event loop ended)."""
-        self._closing = True
-        self.cancel_all()
-        if self.watcher is not None:
-            self.watcher.stop()
-        for executor in (self.model_executor, self.index_executor, self.embed_executor):
-            executor.shutdown(wait=False, cancel_futures=True)
+        for cancel in list(self._cancels):
+            cancel.set()
+        self.indexing.close()
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.engine.close_encoder()
-        if self._save_timer is not None:  # changes not yet persisted
-            self.index.save()
 
     # -- error reporting -------------------------------------------------------------
 
@@ -324,3 +200,8 @@ class AlignCoderServer(LanguageServer):
         if isinstance(error, json.JSONDecodeError):
             self.protocol._send_response(None, error=JsonRpcParseError(str(error)).to_response_error())
         logger.error("internal error (%s): %s", getattr(source, "__name__", source), error)
+
+
+def _values(settings: Settings) -> dict[str, Any]:
+    """Every setting by its camelCase key (to see what a configuration change touched)."""
+    return {key: value for key, value, _ in describe(settings)}
