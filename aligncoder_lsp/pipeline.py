@@ -80,6 +80,8 @@ class Trace:
     generated_tokens: int = 0
     stopped_by: str = ""
     model: str = ""
+    typed_ahead: int = 0
+    """Characters of a shown suggestion the user typed; the rest was answered without the model."""
 
     def to_json(self) -> dict:
         return asdict(self)

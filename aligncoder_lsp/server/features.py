@@ -75,7 +75,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     )
     async def completion(ls: AlignCoderServer, params: types.CompletionParams) -> types.CompletionList:
         request = ls.snapshot(params.text_document.uri, params.position)
-        result = await ls.complete(request)
+        result = await ls.completion.answer(request)
         if result is None or not result.text.strip():
             return types.CompletionList(is_incomplete=False, items=[])
         ls.last_trace = result.trace.to_json()
@@ -84,7 +84,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: AlignCoderServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         request = ls.snapshot(params.text_document.uri, params.position)
-        result = await ls.complete(request)
+        result = await ls.completion.answer(request)
         if result is None or not result.text.strip():
             return types.InlineCompletionList(items=[])
         ls.last_trace = result.trace.to_json()
@@ -140,5 +140,6 @@ def _completion_item(ls: AlignCoderServer, request, position: types.Position, re
         filter_text=new_text,
         sort_text="0",
         text_edit=types.TextEdit(types.Range(start, position), new_text),
+        insert_text_mode=types.InsertTextMode.AsIs,  # the text carries its own indentation
         data=result.trace.to_json(),
     )

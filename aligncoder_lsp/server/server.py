@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,7 +22,8 @@ from aligncoder_lsp import __version__
 from aligncoder_lsp.config import Settings, describe, merge
 from aligncoder_lsp.index.embeddings import EncoderProcess
 from aligncoder_lsp.models.embedded import ModelUnavailable
-from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequest
+from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
+from aligncoder_lsp.server.completion import CompletionFeature
 from aligncoder_lsp.server.indexing import IndexFeature
 from aligncoder_lsp.server.positions import to_code_points
 from aligncoder_lsp.server.protocol import AlignProtocol
@@ -46,9 +46,9 @@ class AlignCoderServer(LanguageServer):
         self.engine = CompletionEngine(self.settings, self.indexing.index, lambda *args: EncoderProcess(
             *args, threads=self.settings.retriever.threads))
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.completion = CompletionFeature(self)
         self.model_error: str | None = None
         self.last_trace: dict | None = None
-        self._cancels: set[threading.Event] = set()
         self._tasks: set[asyncio.Future] = set()
 
     @property
@@ -156,38 +156,19 @@ class AlignCoderServer(LanguageServer):
             column = len(lines[line])
         return CompletionRequest(str(path), text, line, column, language_of(path) or "python")
 
-    async def complete(self, request: CompletionRequest) -> Completion | None:
-        """Run the pipeline on the model thread; cancelling the awaiting task stops it
-        within one generation step."""
-        cancel = threading.Event()
-        self._cancels.add(cancel)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.model_executor, self.engine.complete, request, cancel)
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
-        except ModelUnavailable as error:
-            self.report_model_error(error)
-            return None
-        finally:
-            self._cancels.discard(cancel)
-
     def completions_running(self) -> bool:
-        return bool(self._cancels)
+        return self.completion.running()
 
     def stop_background(self) -> None:
         """Cancel background work while the event loop still runs (on ``shutdown``)."""
-        for cancel in list(self._cancels):
-            cancel.set()
+        self.completion.cancel_all()
         self.indexing.shutdown()
         for future in list(self._tasks):
             future.cancel()
 
     def close(self) -> None:
         """Release threads and persist pending index changes (after the event loop ended)."""
-        for cancel in list(self._cancels):
-            cancel.set()
+        self.completion.cancel_all()
         self.indexing.close()
         self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.engine.close_encoder()
