@@ -20,13 +20,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from aligncoder_lsp.models.gguf import MAGIC as GGUF_MAGIC
 from aligncoder_lsp.models.gguf import GGUFError, GGUFLayout, read_layout
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["GGUF_MAGIC", "ModelUnavailable", "check_gguf", "embedded_generator", "embedded_retriever",
-           "inspect_gguf", "sha256_of"]
 
 _PRIVATE_COPIES: dict[Path, Path] = {}
 """Unwritable cache target -> its temporary copy; per process, as the copy lives until exit."""
