@@ -9,11 +9,13 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "deps" / "py"
@@ -88,6 +90,13 @@ def test_wheel_ships_the_grammars_and_the_policy(wheel):
     assert not any(name.startswith(("grammars/", "weights/", "tests/")) for name in names)
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "aligncoder_lsp").rglob("*.py")}
     assert modules <= set(names), modules - set(names)
+
+
+def test_build_requirement_admits_only_setuptools_that_reads_the_license_expression():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)  # PEP 639 expression: setuptools >= 77
+    (setuptools,) = [Requirement(r) for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert not setuptools.specifier.contains("76.9") and setuptools.specifier.contains("77.0")
 
 
 def test_sdist_holds_the_top_level_data_folders(sdist):
