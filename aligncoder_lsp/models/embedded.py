@@ -59,7 +59,7 @@ def embedded_generator(cache_dir: Path) -> Path:
         return target
     if target in _PRIVATE_COPIES:
         return _PRIVATE_COPIES[target]
-    if target.exists():
+    if os.path.exists(target):
         logger.warning("%s has the wrong sha256; assembling it again", target)
     logger.info("assembling the embedded model into %s", target)
     try:
