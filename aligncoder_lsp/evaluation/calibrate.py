@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from aligncoder_lsp.config import Settings
+from aligncoder_lsp.evaluation import require_bench
 from aligncoder_lsp.evaluation.metrics import edit_similarity
 from aligncoder_lsp.evaluation.tasks import load_tasks, materialize
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
@@ -61,6 +61,8 @@ def sample_spans(root: Path, count: int, excluded: set[str], rng: random.Random)
 def collect(repos: Path, names: list[str], per_repo: int, excluded: dict[str, set[str]], settings: Settings,
             seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, ES without retrieval and ES with retrieval for every sampled span."""
+    from tqdm import tqdm
+
     rng = random.Random(seed)
     engine = CompletionEngine(settings, WorkspaceIndex(settings.index))
     features, plain, retrieved = [], [], []
@@ -100,6 +102,7 @@ def choose_threshold(probabilities: np.ndarray, plain: np.ndarray, retrieved: np
 
 
 def main(args, settings: Settings) -> int:
+    require_bench("tqdm")
     excluded: dict[str, set[str]] = {}
     if args.exclude_tasks:
         for task in load_tasks(args.exclude_tasks):

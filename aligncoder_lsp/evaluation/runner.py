@@ -17,9 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm import tqdm
-
 from aligncoder_lsp.config import Settings
+from aligncoder_lsp.evaluation import require_bench
 from aligncoder_lsp.evaluation.metrics import edit_similarity, exact_match, identifier_f1
 from aligncoder_lsp.evaluation.server_bench import percentile
 from aligncoder_lsp.evaluation.tasks import Task, load_tasks, materialize
@@ -42,6 +41,8 @@ def interleave(tasks: list[Task], limit: int | None) -> list[Task]:
 
 
 def run(tasks: list[Task], repos: Path, mode: str, settings: Settings, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
     engine = CompletionEngine(settings, WorkspaceIndex(settings.index))
     results = []
     by_repo: dict[str, list[Task]] = defaultdict(list)
@@ -141,6 +142,7 @@ def plot(reports: list[dict], path: Path) -> None:
 
 
 def main(args, settings: Settings) -> int:
+    require_bench("tqdm", "matplotlib")
     tasks = interleave(load_tasks(args.tasks), args.limit)
     results = run(tasks, args.repos, args.mode, settings, progress=sys.stderr.isatty())
     report = summarize(args.mode, results)

@@ -12,11 +12,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 
 from tree_sitter import Language, Node, Parser, Query, QueryCursor
 
-GRAMMARS = Path(__file__).resolve().parents[2] / "grammars"
+from aligncoder_lsp.data import shipped_folder
+
+GRAMMARS = shipped_folder("grammars")
 MAX_MEMBERS = 30
 MAX_LINE = 160
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from aligncoder_lsp.data import shipped_folder
 from aligncoder_lsp.index.tokenize import code_tokens
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.models.llama_backend import Generation
 
-DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "weights" / "selective-policy.json"
+DEFAULT_POLICY = shipped_folder("weights") / "selective-policy.json"
 FEATURES = ("bias", "mean_logprob", "min_logprob", "first_logprob", "tokens",
             "novel_identifiers", "unknown_identifiers", "repository_overlap")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -37,10 +37,12 @@ def test_bad_model_files_give_clear_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(ModelUnavailable, match="not a GGUF file"):
         check_gguf(text)
-    truncated = tmp_path / "truncated.gguf"
-    truncated.write_bytes(b"GGUF" + b"\x00" * 64)
+    zeros = tmp_path / "zeros.gguf"
+    zeros.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelUnavailable, match="zeros.gguf is corrupt or unsupported: GGUF version 0"):
+        check_gguf(zeros)
     with pytest.raises(ModelUnavailable, match="could not load"):
-        LlamaModel(check_gguf(truncated), n_ctx=256, n_threads=1)
+        LlamaModel(zeros, n_ctx=256, n_threads=1)
 
 
 def test_generation_is_greedy_and_reuses_the_prompt_prefix(model):
