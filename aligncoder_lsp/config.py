@@ -278,16 +278,15 @@ def _merge_section(section: Any, data: Any, where: str, trusted: bool,
                    previous: dict[str, Any], warnings: list[str]) -> None:
     """Merge ``data`` onto the section at key ``where``; ``previous`` collects the replaced values by key."""
     if not isinstance(data, dict):
-        warnings.append(f"settings{'.' if where else ''}{where}: expected an object, got {type(data).__name__}")
+        warnings.append(f"{_join('settings', where)}: expected an object, got {type(data).__name__}")
         return
     fields = {attribute.name: attribute for attribute in attrs.fields(type(section))}
     for name, value in data.items():
         attribute = fields.get(snake_case(str(name)))
-        key = f"{where}.{name}" if where else str(name)
         if attribute is None:
-            warnings.append(f"settings.{key}: unknown setting, ignored")
+            warnings.append(f"settings.{_join(where, str(name))}: unknown setting, ignored")
             continue
-        key = f"{where}.{camel_case(attribute.name)}" if where else camel_case(attribute.name)
+        key = _join(where, camel_case(attribute.name))
         current = getattr(section, attribute.name)
         if attrs.has(type(current)):
             _merge_section(current, value, key, trusted, previous, warnings)
@@ -303,6 +302,10 @@ def _merge_section(section: Any, data: Any, where: str, trusted: bool,
                 continue
             if getattr(section, attribute.name) != current:
                 previous.setdefault(key, current)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where and name else where or name
 
 
 def _refusal(key: str, attribute: attrs.Attribute) -> str:
