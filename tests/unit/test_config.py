@@ -194,8 +194,8 @@ def test_top_k_must_not_exceed_the_candidates():
 
 def test_a_repeated_problem_is_reported_once():
     settings, seen = Settings(), set()
-    update = {"index": {"blockLines": 0}, "cacheDir": "/tmp/planted", "bogus": 1}
-    assert len(merge(settings, update, seen=seen)) == 3
+    update = {"index": {"blockLines": 0}, "cacheDir": "/tmp/planted", "bogus": 1, "model": {"nCtx": 1024}}
+    assert len(merge(settings, update, seen=seen)) == 4
     assert merge(settings, update, seen=seen) == []
     assert len(merge(settings, {"index": {"blockLines": -1}}, seen=seen)) == 1  # a different problem
 
