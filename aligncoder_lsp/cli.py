@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aligncoder_lsp import __version__
-from aligncoder_lsp.config import MODES, Settings
+from aligncoder_lsp.config import MODES, Settings, load_user_settings, nested
 from aligncoder_lsp.workspace.files import language_of
 
 logger = logging.getLogger("aligncoder_lsp")
@@ -38,11 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     common.add_argument("--log-file", help="write the log to this file instead of stderr")
-    common.add_argument("--model", help="GGUF file of the generator (default: embedded Gemma-3-270M)")
+    common.add_argument("--model", help="GGUF file of the generator (default: $ALIGNCODER_LSP_MODEL or the "
+                        "embedded Gemma-3-270M)")
     common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
     common.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
-    common.add_argument("--cache-dir", help="cache directory (default: ~/.cache/aligncoder-lsp)")
-    common.add_argument("--config", help="JSON settings file (camelCase keys, as initializationOptions)")
+    common.add_argument("--cache-dir", help="cache directory (default: $ALIGNCODER_LSP_CACHE or "
+                        "~/.cache/aligncoder-lsp)")
+    common.add_argument("--config", type=Path, help="JSON settings file (camelCase keys, as initializationOptions), "
+                        "read after ~/.config/aligncoder-lsp/config.json")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the language server (stdio)")
@@ -123,26 +126,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    from aligncoder_lsp.config import merge
-
-    settings = Settings()
-    if args.config:
-        try:
-            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            logger.warning("ignoring settings file %s: %s", args.config, error)
-        else:
-            for warning in merge(settings, data):
-                logger.warning("%s", warning)
-    if args.model:
-        settings.model.generator = args.model
-    if args.threads:
-        settings.model.n_threads = args.threads
-    if args.gpu_layers is not None:
-        settings.model.n_gpu_layers = args.gpu_layers
-    if args.cache_dir:
-        settings.cache_dir = args.cache_dir
-    return settings
+    """The user's own configuration: config files, environment and these options (trusted)."""
+    return load_user_settings(args.config, nested({
+        "model.generator": args.model, "model.nThreads": args.threads, "model.nGpuLayers": args.gpu_layers,
+        "cacheDir": args.cache_dir}))
 
 
 def _serve(args: argparse.Namespace) -> int:

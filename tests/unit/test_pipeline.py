@@ -65,7 +65,7 @@ def test_selective_follows_the_policy_and_its_threshold(engine):
     assert trace.retrieved == (trace.retrieve_probability >= engine.policy().threshold)
     engine.settings.retrieval.threshold = 0.0
     assert engine.complete(_request(), threading.Event(), "selective").trace.retrieved
-    engine.settings.retrieval.threshold = 1.01
+    engine.settings.retrieval.threshold = 1.0
     assert not engine.complete(_request(), threading.Event(), "selective").trace.retrieved
     engine.settings.retrieval.threshold = -1.0
 
