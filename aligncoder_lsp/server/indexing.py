@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
+from aligncoder_lsp.config import Applies
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.workspace.files import is_indexable, language_of
@@ -102,17 +103,16 @@ class IndexFeature:
         if self._save_timer is not None:
             self.index.save()
 
-    def settings_changed(self, keys: set[str]) -> None:
-        """Apply changed ``index.*`` settings (a rebuild) and ``retriever.*`` settings (a new
-        vector space, embedded in the background)."""
-        if any(key.startswith("retriever.") for key in keys):
+    def settings_changed(self, applies: set[Applies]) -> None:
+        """Apply changed index settings (a rebuild) and retriever settings (a new vector
+        space, embedded in the background)."""
+        if Applies.RETRIEVER in applies:
             self.index.use_retriever(self.server.engine.retriever_identity())
-        if any(key.startswith("index.") for key in keys) or (keys & {"retrieval.enabled"} and not self.built):
-            if self.server.settings.retrieval.enabled:
-                logger.info("index settings changed: re-indexing the workspace")
-                self.server.track(asyncio.get_running_loop().create_task(self.build()), "re-indexing")
-                return
-        self.schedule_embedding()
+        if Applies.INDEX in applies and self.roots and self.server.settings.retrieval.enabled:
+            logger.info("index settings changed: re-indexing the workspace")
+            self.server.track(asyncio.get_running_loop().create_task(self.build()), "re-indexing")
+        else:
+            self.schedule_embedding()
 
     # -- open documents ------------------------------------------------------------------
 

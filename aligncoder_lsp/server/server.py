@@ -6,6 +6,7 @@ Index work (build, watch, re-index, embed, persist) lives in :class:`IndexFeatur
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
 from aligncoder_lsp import __version__
-from aligncoder_lsp.config import Settings, describe, merge
+from aligncoder_lsp.config import APPLIES, Applies, Settings, changed_keys, merge
 from aligncoder_lsp.index.embeddings import EncoderProcess
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MODEL_KEYS = {"model.generator", "model.nCtx", "model.nGpuLayers", "model.nThreads"}
-"""Settings whose change needs the generator loaded again."""
-
-
 class AlignCoderServer(LanguageServer):
     def __init__(self, settings: Settings | None = None):
         super().__init__("aligncoder-lsp", __version__, protocol_cls=AlignProtocol, max_workers=4)
@@ -49,6 +46,8 @@ class AlignCoderServer(LanguageServer):
         self.completion = CompletionFeature(self)
         self.model_error: str | None = None
         self.last_trace: dict | None = None
+        self.settings_warnings: set[str] = set()
+        """Warnings already given about client settings (each is given once)."""
         self._tasks: set[asyncio.Future] = set()
 
     @property
@@ -58,24 +57,25 @@ class AlignCoderServer(LanguageServer):
     # -- settings --------------------------------------------------------------------
 
     def apply_settings(self, data: Any) -> None:
-        """Merge client settings (camelCase), log what was ignored and apply what changed."""
+        """Merge client settings (camelCase), warn once about what was refused and apply
+        what changed."""
         if data is None:
             return
         if isinstance(data, dict) and isinstance(data.get("aligncoder"), dict):
             data = data["aligncoder"]
-        before = _values(self.settings)
-        for warning in merge(self.settings, data):
+        before = copy.deepcopy(self.settings)
+        for warning in merge(self.settings, data, trusted=False, seen=self.settings_warnings):
             logger.warning("%s", warning)
             self.window_log_message(types.LogMessageParams(types.MessageType.Warning, warning))
-        after = _values(self.settings)
-        changed = {key for key in after if after[key] != before.get(key)}
-        if changed & MODEL_KEYS:
+        changed = changed_keys(before, self.settings)
+        applies = {APPLIES[key] for key in changed}
+        if Applies.MODEL in applies:
             self.model_error = None
             self.model_executor.submit(self.engine.unload)
-        if any(key.startswith("retriever.") for key in changed):
+        if Applies.RETRIEVER in applies:
             self.engine.close_encoder()
-        if changed and self.indexing.roots:
-            self.indexing.settings_changed(changed)
+        if applies & {Applies.RETRIEVER, Applies.INDEX}:
+            self.indexing.settings_changed(applies)
 
     # -- background work -------------------------------------------------------------
 
@@ -181,8 +181,3 @@ class AlignCoderServer(LanguageServer):
         if isinstance(error, json.JSONDecodeError):
             self.protocol._send_response(None, error=JsonRpcParseError(str(error)).to_response_error())
         logger.error("internal error (%s): %s", getattr(source, "__name__", source), error)
-
-
-def _values(settings: Settings) -> dict[str, Any]:
-    """Every setting by its camelCase key (to see what a configuration change touched)."""
-    return {key: value for key, value, _ in describe(settings)}
