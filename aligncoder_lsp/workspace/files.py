@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pathspec
 
-from aligncoder_lsp.workspace.git import GitListing, git_listing
+from aligncoder_lsp.workspace.git import GitError, forget, git_listing
 
 logger = logging.getLogger(__name__)
 
@@ -173,23 +173,28 @@ def discover(root: Path, include: list[str] = (), exclude: list[str] = (), under
         relative = start.relative_to(root).as_posix()
         if relative != "." and (rules.excluded(relative + "/") or _through_link(root, start)):
             return
-    listing = git_listing(root, _worth_listing)
-    if listing is not None:
-        found = _discover_listed(root, start, rules, listing)
-    else:
+    found = _discover_listed(root, start, rules)
+    if found is None:
         found = _discover_walking(root, start, rules)
     for path in found:
         if _is_source_file(path):
             yield path
 
 
-def _discover_listed(root: Path, start: Path, rules: UserRules, listing: GitListing) -> Iterator[Path]:
-    names = listing.files_under(start.relative_to(root).as_posix())
+def _discover_listed(root: Path, start: Path, rules: UserRules) -> list[Path] | None:
+    """What git lists under ``start``, or None outside a git work tree or when git fails."""
+    listing = git_listing(root, _worth_listing)
+    if listing is None:
+        return None
+    try:
+        names = listing.files_under(start.relative_to(root).as_posix())
+    except GitError as error:
+        logger.warning("evaluating ignore rules without git: %s", error)
+        forget(root)
+        return None
     if rules.include is not None:  # forced files may be ignored ones, which git does not list
         names |= {name for name in _walk_names(root, start, rules.excluded) if rules.forced(name)}
-    for name in sorted(names):
-        if language_of(name) is not None and not rules.excluded(name):
-            yield root / name
+    return [root / name for name in sorted(names) if language_of(name) is not None and not rules.excluded(name)]
 
 
 def _discover_walking(root: Path, start: Path, rules: UserRules) -> Iterator[Path]:
@@ -251,7 +256,11 @@ def is_indexable(root: Path, path: Path, include: list[str] = (), exclude: list[
         return True
     listing = git_listing(root, _worth_listing)
     if listing is not None:
-        return listing.lists(relative)
+        try:
+            return listing.lists(relative)
+        except GitError as error:
+            logger.warning("evaluating ignore rules without git: %s", error)
+            forget(root)
     ignore = GitignoreRules(root)
     return not _ignored_on_the_way(root, path, lambda key: ignore.ignored(key.rstrip("/"), key.endswith("/")))
 

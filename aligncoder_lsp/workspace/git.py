@@ -65,7 +65,7 @@ class GitListing:
         self.index_file = git_dir / "index"
         self._keep = keep
         self._lock = threading.Lock()
-        self._files: frozenset[str] | None = None
+        self._files: set[str] | None = None
         self._nested: tuple[str, ...] = ()
         self._existed: dict[Path, bool] = {}
         self._taken_ns = 0
@@ -73,12 +73,24 @@ class GitListing:
     def files_under(self, folder: str) -> set[str]:
         """A fresh listing of the kept files under ``folder`` ("." for the whole root),
         nested repositories included."""
-        if folder == ".":
-            with self._lock:
+        with self._lock:
+            if folder == "." or self._files is None:
                 self._refresh()
-                return set(self._files) | self._nested_files(self._nested)
-        kept, nested = self._list(folder)
-        return kept | self._nested_files(nested)
+            if folder == ".":
+                kept, nested = set(self._files), self._nested
+            else:
+                inside = self._nested_root_of(folder + "/")
+                if inside is None:
+                    kept, nested = self._list(folder)
+        if folder != "." and inside is not None:  # the outer git does not look into it
+            inner = _work_tree_at(self.root / inside, self._keep)
+            rest = folder[len(inside) + 1:] or "."
+            return {f"{inside}/{name}" for name in inner.files_under(rest)} if inner is not None else set()
+        for name in nested:
+            inner = _work_tree_at(self.root / name, self._keep)
+            if inner is not None:
+                kept |= {f"{name}/{inner_name}" for inner_name in inner.files_under(".")}
+        return kept
 
     def lists(self, relative: str) -> bool:
         """Whether git lists the existing file ``relative`` (taking a listing only when the
@@ -96,7 +108,7 @@ class GitListing:
                     return False
                 if attempt == 0:
                     self._refresh()
-            else:
+            else:  # changed while git was listing: ask about this one file
                 return relative in self._list(relative)[0]
         inner = _work_tree_at(self.root / nested, self._keep)
         return inner is not None and inner.lists(relative[len(nested) + 1:])
@@ -125,14 +137,6 @@ class GitListing:
             elif self._keep(name):
                 kept.add(name)
         return kept, nested
-
-    def _nested_files(self, nested: list[str] | tuple[str, ...]) -> set[str]:
-        found = set()
-        for folder in nested:
-            inner = _work_tree_at(self.root / folder, self._keep)
-            if inner is not None:
-                found |= {f"{folder}/{name}" for name in inner.files_under(".")}
-        return found
 
     def _nested_root_of(self, relative: str) -> str | None:
         return next((folder for folder in self._nested if relative.startswith(folder + "/")), None)
@@ -173,6 +177,12 @@ class GitListing:
             path = path.parent
 
 
+def forget(root: Path) -> None:
+    """Drop what is known about ``root`` (after git failed there), to probe it afresh."""
+    with _listings_lock:
+        _listings.pop(root.resolve(), None)
+
+
 _listings: dict[Path, GitListing | None] = {}
 _listings_lock = threading.Lock()
 
@@ -202,7 +212,7 @@ def _probe(root: Path, keep) -> GitListing | None:
         lines = run_git(root, "rev-parse", "--is-inside-work-tree", "--show-toplevel", "--absolute-git-dir",
                         "--git-common-dir").decode("utf-8", "surrogateescape").splitlines()
     except GitError as error:
-        logger.debug("not using git for %s: %s", root, error)
+        logger.info("not using git for %s: %s", root, error)
         return None
     if len(lines) != 4 or lines[0] != "true":
         return None

@@ -286,3 +286,23 @@ def test_submodules_are_listed_and_an_empty_one_is_harmless(tmp_path):
     assert (clone / "lib").is_dir() and not any((clone / "lib").iterdir())
     assert _finishes(lambda: _relative(clone, discover(clone))) == ["app.py"]
     assert _finishes(lambda: _relative(clone, discover(clone / "lib"))) == []
+
+
+@needs_git
+def test_discovery_under_a_folder_of_a_nested_repository(repo):
+    nested = repo / "vendor" / "lib"
+    (nested / "inner").mkdir(parents=True)
+    _git(nested, "init", "-q")
+    (nested / "inner" / "i.py").write_text("i = 1")
+    assert "vendor/lib/inner/i.py" in _relative(repo, discover(repo))
+    assert _relative(repo, discover(repo, under=nested / "inner")) == ["vendor/lib/inner/i.py"]
+    assert _relative(repo, discover(repo, under=nested)) == ["vendor/lib/inner/i.py"]
+
+
+@needs_git
+def test_a_repository_that_goes_away_falls_back_to_the_rules(repo):
+    assert is_indexable(repo, repo / "main.py")
+    shutil.rmtree(repo / ".git")
+    assert not is_indexable(repo, repo / "gen_a.py")
+    assert is_indexable(repo, repo / "sub" / "gen_keep.py")
+    assert "sub/gen_keep.py" in _relative(repo, discover(repo))
