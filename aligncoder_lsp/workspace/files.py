@@ -59,7 +59,7 @@ class SourceFile:
 
 
 def language_of(path: str | Path) -> str | None:
-    return LANGUAGES.get(Path(path).suffix.lower())
+    return LANGUAGES.get(os.path.splitext(path)[1].lower())
 
 
 def read_source(path: Path, max_bytes: int) -> SourceFile | Skip:
@@ -93,20 +93,27 @@ def read_source(path: Path, max_bytes: int) -> SourceFile | Skip:
     return SourceFile(path, text.replace("\r\n", "\n"), status.st_mtime_ns, status.st_size)
 
 
+_ALWAYS_EXCLUDED_NAMES = frozenset(pattern.rstrip("/") for pattern in ALWAYS_EXCLUDED)
+
+
 class UserRules:
-    """``index.include`` (forces files in, even ignored ones) and ``index.exclude`` plus the
+    """``index.include`` (forces files in, even ignored ones), ``index.exclude`` and the
     always-excluded folders (keep files out), in gitignore syntax, relative to the root."""
 
     def __init__(self, include: tuple[str, ...], exclude: tuple[str, ...]):
         self.include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
-        self.exclude = pathspec.GitIgnoreSpec.from_lines(ALWAYS_EXCLUDED + list(exclude))
+        self.exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
 
     def forced(self, key: str) -> bool:
         return self.include is not None and self.include.match_file(key)
 
     def excluded(self, key: str) -> bool:
-        """``key`` ends with "/" for a directory; a file under an excluded folder is excluded."""
-        return not self.forced(key) and self.exclude.match_file(key)
+        """``key`` ends with "/" for a folder; a file under an excluded folder is excluded."""
+        if self.forced(key):
+            return False
+        folders = key.split("/")[:-1]
+        return not _ALWAYS_EXCLUDED_NAMES.isdisjoint(folders) or (
+            self.exclude is not None and self.exclude.match_file(key))
 
 
 @lru_cache(maxsize=32)
@@ -121,7 +128,7 @@ class GitignoreRules:
 
     def __init__(self, root: Path):
         self.root = root
-        self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
+        self._specs: dict[str, list[pathspec.GitIgnoreSpec]] = {}
 
     def ignored(self, relative: str, is_dir: bool) -> bool:
         key = relative + "/" if is_dir else relative
@@ -136,11 +143,13 @@ class GitignoreRules:
 
     def _specs_of(self, prefix: str) -> list[pathspec.GitIgnoreSpec]:
         """The rules that apply in directory ``prefix``, the strongest first."""
-        directory = self.root / prefix
-        found = [_load_spec(directory / ".gitignore")]
-        if not prefix:
-            found.append(_load_spec(directory / ".git" / "info" / "exclude"))
-        return [spec for spec in found if spec is not None]
+        if prefix not in self._specs:
+            directory = self.root / prefix
+            found = [_load_spec(directory / ".gitignore")]
+            if not prefix:
+                found.append(_load_spec(directory / ".git" / "info" / "exclude"))
+            self._specs[prefix] = [spec for spec in found if spec is not None]
+        return self._specs[prefix]
 
 
 def _load_spec(path: Path) -> pathspec.GitIgnoreSpec | None:
@@ -168,54 +177,51 @@ def discover(root: Path, include: list[str] = (), exclude: list[str] = (), under
     ``under``) that are indexed: regular files, not ignored, never through a symlink."""
     root = root.resolve()
     rules = _user_rules(tuple(include), tuple(exclude))
-    start = root if under is None else under
-    if under is not None:
-        relative = start.relative_to(root).as_posix()
-        if relative != "." and (rules.excluded(relative + "/") or _through_link(root, start)):
-            return
-    found = _discover_listed(root, start, rules)
-    if found is None:
-        found = _discover_walking(root, start, rules)
-    for path in found:
-        if _is_source_file(path):
-            yield path
+    folder = "." if under is None else under.relative_to(root).as_posix()
+    if folder != "." and (rules.excluded(folder + "/") or _through_link(str(root), folder + "/")):
+        return
+    names = _listed_names(root, folder, rules)
+    if names is None:
+        names = _walked_names(root, folder, rules)
+    base = str(root) + os.sep
+    for name in names:
+        if _is_regular(base + name):
+            yield root / name
 
 
-def _discover_listed(root: Path, start: Path, rules: UserRules) -> list[Path] | None:
-    """What git lists under ``start``, or None outside a git work tree or when git fails."""
+def _listed_names(root: Path, folder: str, rules: UserRules) -> list[str] | None:
+    """What git lists under ``folder``, or None outside a git work tree or when git fails."""
     listing = git_listing(root, _worth_listing)
     if listing is None:
         return None
     try:
-        names = listing.files_under(start.relative_to(root).as_posix())
+        names = listing.files_under(folder)
     except GitError as error:
         logger.warning("evaluating ignore rules without git: %s", error)
         forget(root)
         return None
     if rules.include is not None:  # forced files may be ignored ones, which git does not list
-        names |= {name for name in _walk_names(root, start, rules.excluded) if rules.forced(name)}
-    return [root / name for name in sorted(names) if language_of(name) is not None and not rules.excluded(name)]
+        names |= {name for name in _walk_names(root, folder, rules.excluded) if rules.forced(name)}
+    return [name for name in sorted(names) if language_of(name) is not None and not rules.excluded(name)]
 
 
-def _discover_walking(root: Path, start: Path, rules: UserRules) -> Iterator[Path]:
+def _walked_names(root: Path, folder: str, rules: UserRules) -> Iterator[str]:
     ignore = GitignoreRules(root)
 
     def skipped(key: str) -> bool:
-        is_dir = key.endswith("/")
-        return rules.excluded(key) or (not rules.forced(key) and ignore.ignored(key.rstrip("/"), is_dir))
+        return rules.excluded(key) or (not rules.forced(key) and ignore.ignored(key.rstrip("/"), key.endswith("/")))
 
-    if start != root and _ignored_on_the_way(root, start, skipped):
+    if folder != "." and _ignored_on_the_way(folder + "/", skipped):
         return
-    for name in _walk_names(root, start, skipped):
+    for name in _walk_names(root, folder, skipped):
         if language_of(name) is not None:
-            yield root / name
+            yield name
 
 
-def _walk_names(root: Path, start: Path, skipped) -> Iterator[str]:
-    """Root-relative names of the regular files under ``start``, in sorted order, not
-    entering symlinked directories nor those ``skipped("dir/")`` rejects."""
-    base = start.relative_to(root).as_posix()
-    pending = ["" if base == "." else base + "/"]
+def _walk_names(root: Path, folder: str, skipped) -> Iterator[str]:
+    """Root-relative names of the regular files under ``folder``, in sorted order, not
+    entering symlinked folders nor those ``skipped("name/")`` rejects."""
+    pending = ["" if folder == "." else folder + "/"]
     while pending:
         prefix = pending.pop()
         try:
@@ -234,52 +240,62 @@ def _walk_names(root: Path, start: Path, skipped) -> Iterator[str]:
                     yield name
             except OSError:
                 continue
-    return
 
 
 def is_indexable(root: Path, path: Path, include: list[str] = (), exclude: list[str] = ()) -> bool:
     """Whether ``path`` (a file under ``root``) is a source file discovery would yield.
-    Cheap enough to call for every opened or changed document: in a git repository the
+    Cheap enough to call for every opened or changed document: in a git work tree the
     listing is cached and taken again only when ignore rules or the git index change, or
     a file appears that the listing cannot know about."""
     if language_of(path) is None:
         return False
-    root = root.resolve()
-    try:
-        relative = path.relative_to(root).as_posix()
-    except ValueError:
-        return False
+    resolved = _resolved(os.fspath(root))
+    relative = _relative_to(os.path.abspath(path), resolved) or _relative_to(os.path.abspath(path),
+                                                                              os.path.abspath(root))
     rules = _user_rules(tuple(include), tuple(exclude))
-    if rules.excluded(relative) or _through_link(root, path.parent) or not _is_source_file(path):
+    if (relative is None or rules.excluded(relative) or _through_link(resolved, relative)
+            or not _is_regular(os.path.join(resolved, relative))):
         return False
     if rules.forced(relative):
         return True
-    listing = git_listing(root, _worth_listing)
+    listing = git_listing(Path(resolved), _worth_listing)
     if listing is not None:
         try:
             return listing.lists(relative)
         except GitError as error:
             logger.warning("evaluating ignore rules without git: %s", error)
-            forget(root)
-    ignore = GitignoreRules(root)
-    return not _ignored_on_the_way(root, path, lambda key: ignore.ignored(key.rstrip("/"), key.endswith("/")))
+            forget(Path(resolved))
+    ignore = GitignoreRules(Path(resolved))
+    return not _ignored_on_the_way(relative, lambda key: ignore.ignored(key.rstrip("/"), key.endswith("/")))
 
 
-def _is_source_file(path: Path) -> bool:
+@lru_cache(maxsize=64)
+def _resolved(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def _relative_to(path: str, root: str) -> str | None:
+    """``path`` relative to ``root``, with "/" separators, or None when it is not below it."""
+    if not path.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    return path[len(root.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+
+
+def _is_regular(path: str) -> bool:
     """A regular file itself, not a symlink to one, nor a FIFO, socket or device."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
 
 
-def _through_link(root: Path, folder: Path) -> bool:
-    """Whether ``folder`` or a folder between ``root`` and it is a symlink (discovery never
-    enters one)."""
+def _through_link(root: str, relative: str) -> bool:
+    """Whether a folder on the way from ``root`` to ``relative`` (itself too, when it ends
+    with "/") is a symlink: discovery never enters one."""
     current = root
-    for part in folder.relative_to(root).parts:
-        current = current / part
-        if current.is_symlink():
+    for part in relative.split("/")[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
             return True
     return False
 
@@ -290,12 +306,12 @@ def _worth_listing(name: str) -> bool:
     return language_of(name) is not None or name.rpartition("/")[2] == ".gitignore"
 
 
-def _ignored_on_the_way(root: Path, target: Path, skipped) -> bool:
-    """Whether ``target`` or a folder between ``root`` and it is ``skipped`` (git does not
-    look inside an ignored folder, so nothing below one can be re-included)."""
-    parts = target.relative_to(root).parts
+def _ignored_on_the_way(relative: str, skipped) -> bool:
+    """Whether ``relative`` ("name/" for a folder) or a folder on its way is ``skipped``
+    (git does not look inside an ignored folder, so nothing below one is re-included)."""
+    parts = relative.rstrip("/").split("/")
     for depth in range(1, len(parts) + 1):
         key = "/".join(parts[:depth])
-        if skipped(key + "/" if depth < len(parts) or target.is_dir() else key):
+        if skipped(key + "/" if depth < len(parts) or relative.endswith("/") else key):
             return True
     return False

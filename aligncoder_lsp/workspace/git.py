@@ -61,6 +61,7 @@ class GitListing:
 
     def __init__(self, root: Path, top: Path, git_dir: Path, rules_files: list[Path], keep):
         self.root, self.top = root, top
+        self._root_text = str(root)
         self.rules_files = rules_files
         self.index_file = git_dir / "index"
         self._keep = keep
@@ -127,7 +128,7 @@ class GitListing:
                          "--", folder)
         kept, nested = set(), []
         for record in output.split(b"\0"):
-            staged = _STAGED.fullmatch(record)
+            staged = _STAGED.fullmatch(record) if b"\t" in record else None
             name = os.fsdecode(staged.group(2) if staged else record)
             if not name:
                 continue
@@ -147,40 +148,40 @@ class GitListing:
         return [self.index_file, *self.rules_files]
 
     def _rules_changed(self, relative: str) -> bool:
+        """Whether a rules file that governs ``relative``, or the git index, changed since
+        the listing (a ``.gitignore`` inside the root is looked at on the way to the path)."""
         for path, existed in self._existed.items():
             if self._changed(path, existed):
                 return True
-        folder = self.root
+        folder = ""
         for part in ("", *relative.split("/")[:-1]):
-            folder = folder / part if part else folder
-            rules = folder / ".gitignore"
-            name = rules.relative_to(self.root).as_posix()
-            if self._changed(rules, name in self._files):
+            folder = f"{folder}{part}/" if part else ""
+            if self._changed(os.path.join(self._root_text, folder + ".gitignore"), folder + ".gitignore" in self._files):
                 return True
         return False
 
-    def _changed(self, path: Path, existed: bool) -> bool:
+    def _changed(self, path: str | Path, existed: bool) -> bool:
         try:
-            return path.lstat().st_ctime_ns >= self._taken_ns
+            return os.lstat(path).st_ctime_ns >= self._taken_ns
         except OSError:
             return existed
 
     def _changed_since_listing(self, relative: str) -> bool:
         """Whether the file, or a folder on its way from the root, changed since the listing
         (a folder moved in keeps its files' old timestamps, but gets a new one itself)."""
-        path = self.root / relative
-        while True:
+        path = os.path.join(self._root_text, relative)
+        while len(path) >= len(self._root_text):
             if self._changed(path, True):
                 return True
-            if path == self.root:
-                return False
-            path = path.parent
+            path = os.path.dirname(path)
+        return False
 
 
 def forget(root: Path) -> None:
-    """Drop what is known about ``root`` (after git failed there), to probe it afresh."""
+    """Drop what is known about the resolved path ``root`` (after git failed there), to
+    probe it afresh."""
     with _listings_lock:
-        _listings.pop(root.resolve(), None)
+        _listings.pop(root, None)
 
 
 _listings: dict[Path, GitListing | None] = {}
@@ -188,10 +189,9 @@ _listings_lock = threading.Lock()
 
 
 def git_listing(root: Path, keep) -> GitListing | None:
-    """The listing for ``root``, or None when it is not inside a git work tree or git
-    cannot be run (then the caller evaluates the ignore rules itself). ``keep(name)``
-    selects the names worth keeping in memory."""
-    root = root.resolve()
+    """The listing for the resolved path ``root``, or None when it is not inside a git work
+    tree or git cannot be run (then the caller evaluates the ignore rules itself).
+    ``keep(name)`` selects the names worth keeping in memory."""
     with _listings_lock:
         if root in _listings:
             return _listings[root]
