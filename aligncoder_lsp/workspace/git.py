@@ -9,6 +9,11 @@ two listings, not one git process per path.
 
 Submodules and nested repositories show up in a listing as folders; their files are listed
 by their own git, under their own rules, and indexed like the rest of the workspace.
+
+Limits: change times are compared with this machine's clock, so a file server whose clock
+lags by more than ``CLOCK_MARGIN_NS`` can hide a new file from single-path answers until
+it or its folder changes again (discovery is not affected); whether a root is in a git work
+tree, and where ``core.excludesFile`` is, are looked up once per root and process.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ class GitListing:
     def __init__(self, root: Path, top: Path, git_dir: Path, rules_files: list[Path], keep):
         self.root, self.top = root, top
         self._root_text = str(root)
-        self.rules_files = rules_files
-        self.index_file = git_dir / "index"
+        # whose change makes a listing out of date (the .gitignore files inside the root
+        # are looked at on the way to each path asked about)
+        self._watched = [git_dir / "index", *rules_files]
         self._keep = keep
         self._lock = threading.Lock()
         self._files: set[str] | None = None
@@ -116,7 +122,7 @@ class GitListing:
 
     def _refresh(self) -> None:
         taken_ns = time.time_ns() - CLOCK_MARGIN_NS
-        existed = {path: path.exists() for path in self._watched_files()}
+        existed = {path: path.exists() for path in self._watched}
         self._files, nested = self._list(".")
         self._nested = tuple(nested)
         self._existed, self._taken_ns = existed, taken_ns
@@ -142,21 +148,15 @@ class GitListing:
     def _nested_root_of(self, relative: str) -> str | None:
         return next((folder for folder in self._nested if relative.startswith(folder + "/")), None)
 
-    def _watched_files(self) -> list[Path]:
-        """The rules files and the index, whose change makes a listing out of date (a
-        ``.gitignore`` inside the root is watched on the way to each path asked about)."""
-        return [self.index_file, *self.rules_files]
-
     def _rules_changed(self, relative: str) -> bool:
-        """Whether a rules file that governs ``relative``, or the git index, changed since
-        the listing (a ``.gitignore`` inside the root is looked at on the way to the path)."""
-        for path, existed in self._existed.items():
-            if self._changed(path, existed):
-                return True
-        folder = ""
-        for part in ("", *relative.split("/")[:-1]):
-            folder = f"{folder}{part}/" if part else ""
-            if self._changed(os.path.join(self._root_text, folder + ".gitignore"), folder + ".gitignore" in self._files):
+        """Whether the git index or a rules file that governs ``relative`` changed since the
+        listing."""
+        if any(self._changed(path, existed) for path, existed in self._existed.items()):
+            return True
+        folders = relative.split("/")[:-1]
+        for depth in range(len(folders) + 1):
+            rules = "/".join([*folders[:depth], ".gitignore"])
+            if self._changed(os.path.join(self._root_text, rules), rules in self._files):
                 return True
         return False
 
