@@ -2,6 +2,13 @@
 
 A ``git checkout`` that touches thousands of files produces one batch once the tree is
 quiet (or the maximum wait has passed), so the index applies it once, consistently.
+
+A change to ignore rules is reported as the folder the rules govern (the folder of a
+``.gitignore``, the repository root for ``.git/info/exclude``), so that the index discovers
+that folder again; other changes inside ``.git`` are not reported. Not watched: the global
+``core.excludesFile``, the ``info/exclude`` of a linked work tree (it lives in the main
+repository), and the git index (a file that is tracked, ignored and then untracked stays
+indexed until its folder changes again).
 """
 
 from __future__ import annotations
@@ -67,6 +74,16 @@ class Debouncer:
                 logger.exception("applying %d file changes failed", len(items))
 
 
+def paths_to_check(path: Path) -> set[Path]:
+    """What a change of ``path`` asks the index to look at again."""
+    if path.name == ".gitignore":
+        return {path.parent}
+    if ".git" in path.parts:
+        repository = Path(*path.parts[:len(path.parts) - 1 - path.parts[::-1].index(".git")])
+        return {repository} if path.relative_to(repository).parts == (".git", "info", "exclude") else set()
+    return {path}
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, debouncer: Debouncer):
         self.debouncer = debouncer
@@ -74,10 +91,11 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
-        paths = {Path(str(event.src_path))}
+        paths = paths_to_check(Path(str(event.src_path)))
         if getattr(event, "dest_path", ""):
-            paths.add(Path(str(event.dest_path)))
-        self.debouncer.add(paths)
+            paths |= paths_to_check(Path(str(event.dest_path)))
+        if paths:
+            self.debouncer.add(paths)
 
 
 class WorkspaceWatcher:

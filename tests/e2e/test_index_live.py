@@ -2,6 +2,7 @@
 odd files and a corrupted cache."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -84,3 +85,28 @@ def test_live_index_through_the_server(workspace, tmp_path):
     reloaded = WorkspaceIndex(IndexSettings(), cache_file)
     assert reloaded.build([workspace]).loaded_from_cache
     assert reloaded.embedded_count == reloaded.snippet_count
+
+
+def test_the_server_indexes_what_git_lists_and_skips_pipes_and_links(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".git" / "info" / "exclude").write_text("local.py\n")
+    (root / "edited.py").write_text("def linkedonly():\n    return 1\n")
+    (root / "local.py").write_text("def localonly():\n    return 2\n")
+    os.symlink(root / "edited.py", root / "copy.py")
+    os.mkfifo(root / "pipe.py")
+    for number in range(8):  # enough documents for BM25's idf to rank rare names above zero
+        (root / f"filler{number}.py").write_text(f"value_{number} = {number}\n")
+    peer = RpcPeer("--model", "/nonexistent/model.gguf", "--cache-dir", str(tmp_path / "cache"))
+    try:
+        peer.initialize(root.as_uri(), {"window": {"workDoneProgress": True}})
+        peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
+        assert _command(peer, "aligncoder.indexStatus")["files"] == 9
+        assert _paths(peer, "linkedonly") == {"edited.py"}
+        assert _paths(peer, "localonly") == set()
+        assert peer.request("shutdown")["result"] is None
+        peer.notify("exit")
+        assert peer.wait() == 0
+    finally:
+        peer.close()
