@@ -68,6 +68,7 @@ class Request:
     insertion: str | None = None
     error: str | None = None
     in_time: bool = False
+    cancelled: bool = False
     accepted: int = 0
 
     @property
@@ -248,6 +249,7 @@ class Typist:
             await asyncio.wait_for(done.wait(), max(0.0, due - time.monotonic()))
         except asyncio.TimeoutError:
             self.client.cancel(msg_id)
+            request.cancelled = True
             return ""
         request.in_time = True
         if request.shown:
@@ -445,6 +447,7 @@ def _shares(requests: list[Request]) -> dict:
     return {"sent": len(requests), "answered_in_time": in_time, "answered_in_time_share": _ratio(in_time, len(requests)),
             "shown": sum(request.shown for request in requests),
             "accepted": sum(bool(request.accepted) for request in requests),
+            "cancelled": sum(request.cancelled for request in requests),
             "errors": sum(request.error is not None and request.error != "JsonRpcRequestCancelled"
                           for request in requests)}
 
