@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT_S = 1800
 """Longest wait for the workspace to be indexed and embedded before typing starts."""
+SETTLE_STALL_S = 180
+"""Longest wait while indexing and embedding make no visible progress."""
 REQUEST_TIMEOUT_S = 300
 SERVER_EXIT_TIMEOUT_S = 30
 
@@ -285,11 +287,8 @@ async def type_with_server(root: Path, spans: list[Span], mode: str, command: li
             workspace_folders=[types.WorkspaceFolder(root.as_uri(), root.name)],
             initialization_options={"retrieval": {"mode": mode}})), REQUEST_TIMEOUT_S)
         client.initialized(types.InitializedParams())
-        encoding = str(result.capabilities.position_encoding or "utf-16")
-        sync = result.capabilities.text_document_sync
-        incremental = (sync.change if isinstance(sync, types.TextDocumentSyncOptions) else sync) \
-            == types.TextDocumentSyncKind.Incremental
-        await _settle(client)
+        encoding, incremental = negotiated(result.capabilities)
+        await settle(client)
         await _warm_up(client, root, spans[0])
         typist = Typist(client, run, pace, seed, encoding, incremental)
         cpu_before = process_stats.cpu_seconds(client.server_pid)
@@ -313,16 +312,33 @@ async def type_with_server(root: Path, spans: list[Span], mode: str, command: li
     return run
 
 
-async def _settle(client: TypingClient) -> None:
+def negotiated(capabilities: types.ServerCapabilities) -> tuple[str, bool]:
+    """The position encoding the server chose and whether it takes incremental changes."""
+    encoding = capabilities.position_encoding or types.PositionEncodingKind.Utf16
+    if isinstance(encoding, types.PositionEncodingKind):  # str() of the enum is its name, not its value
+        encoding = encoding.value
+    sync = capabilities.text_document_sync
+    kind = sync.change if isinstance(sync, types.TextDocumentSyncOptions) else sync
+    return encoding, kind == types.TextDocumentSyncKind.Incremental
+
+
+async def settle(client: LanguageClient, timeout: float = SETTLE_TIMEOUT_S, poll: float = 0.5,
+                 stall: float = SETTLE_STALL_S) -> bool:
     """Wait until every snippet of the workspace is indexed and embedded (background work
-    would otherwise be measured as typing cost)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while time.monotonic() < deadline:
+    would otherwise be measured as typing cost); False after ``timeout``, or once the
+    figures have not moved for ``stall`` seconds (an encoder that cannot load, say)."""
+    started = changed = time.monotonic()
+    last = None
+    while (now := time.monotonic()) - started < timeout and now - changed < stall:
         status = await client.workspace_execute_command_async(types.ExecuteCommandParams("aligncoder.indexStatus"))
         if status and status["snippets"] and status["embedded"] >= status["snippets"]:
-            return
-        await asyncio.sleep(0.5)
-    logger.warning("the workspace was not indexed and embedded within %d s; typing anyway", SETTLE_TIMEOUT_S)
+            return True
+        if status != last:
+            last, changed = status, now
+        await asyncio.sleep(poll)
+    logger.warning("the workspace was not indexed and embedded after %.0f s (last seen: %s); typing anyway",
+                   time.monotonic() - started, last)
+    return False
 
 
 async def _warm_up(client: TypingClient, root: Path, span: Span) -> None:

@@ -4,12 +4,23 @@ suggestions and its report, without a server."""
 import random
 import tarfile
 import textwrap
+import time
 
 import pytest
 from lsprotocol import types
 
 from aligncoder_lsp.evaluation.balance import unclosed
-from aligncoder_lsp.evaluation.typing_bench import Buffer, Request, Run, insertion, markdown, repositories, summarize
+from aligncoder_lsp.evaluation.typing_bench import (
+    Buffer,
+    Request,
+    Run,
+    insertion,
+    markdown,
+    negotiated,
+    repositories,
+    settle,
+    summarize,
+)
 from aligncoder_lsp.evaluation.typing_model import (
     Pace,
     Span,
@@ -147,6 +158,13 @@ def test_the_buffer_speaks_the_negotiated_position_encoding():
     assert Buffer("s = '😀'\n", 7, "utf-32").position() == types.Position(0, 7)
 
 
+def test_the_client_follows_the_servers_position_encoding_and_sync_kind():
+    incremental = types.TextDocumentSyncOptions(change=types.TextDocumentSyncKind.Incremental)
+    assert negotiated(types.ServerCapabilities(position_encoding=types.PositionEncodingKind.Utf8,
+                                               text_document_sync=incremental)) == ("utf-8", True)
+    assert negotiated(types.ServerCapabilities(text_document_sync=types.TextDocumentSyncKind.Full)) == ("utf-16", False)
+
+
 @pytest.mark.parametrize("prefix, suggestion, suffix, left_open", [
     ("x = foo(", "a, b)", "\n\ny = 1\n", []),
     ("x = foo(", "a, b", "\n\ny = 1\n", ["("]),
@@ -215,6 +233,30 @@ def test_the_summary_counts_what_the_user_saw_and_took():
     assert report["peak_rss_mib"] == {"server": 400, "workers": 120, "worker_processes": 2}
     table = markdown([report]).splitlines()
     assert len(table) == 3 and table[2].startswith("| bm25 | 2 | 5 | 60% | 50% | 250 / 300 / 300 |")
+
+
+class StatusClient:
+    """Answers ``aligncoder.indexStatus`` with the given figures, the last one for ever."""
+
+    def __init__(self, *statuses):
+        self.statuses = list(statuses)
+
+    async def workspace_execute_command_async(self, params):
+        assert params.command == "aligncoder.indexStatus"
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+
+async def test_typing_waits_for_the_workspace_to_be_embedded():
+    client = StatusClient({"snippets": 0, "embedded": 0}, {"snippets": 9, "embedded": 0},
+                          {"snippets": 9, "embedded": 9})
+    assert await settle(client, timeout=60, poll=0.01)
+    assert client.statuses == [{"snippets": 9, "embedded": 9}]
+
+
+async def test_embedding_that_makes_no_progress_is_not_waited_for_until_the_timeout():
+    started = time.monotonic()
+    assert not await settle(StatusClient({"snippets": 9, "embedded": 4}), timeout=60, poll=0.01, stall=0.3)
+    assert time.monotonic() - started < 30
 
 
 def test_repositories_are_folders_or_archives(tmp_path, fixture_workspace):
