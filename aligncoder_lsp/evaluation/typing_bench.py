@@ -187,6 +187,18 @@ class TypingClient(LanguageClient):
         await self.start_io(*command)
         self._async_tasks.append(asyncio.create_task(self._drain_stderr()))
 
+    async def close(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the server to exit, then kill it."""
+        if self._server is None:
+            return
+        try:
+            await asyncio.wait_for(self._server.wait(), grace)
+        except asyncio.TimeoutError:
+            if grace:
+                logger.warning("the server did not exit within %.0f s; killing it", grace)
+            self._server.kill()
+        await self.stop()
+
     async def _drain_stderr(self) -> None:
         """Keep the server's stderr flowing (a full pipe would block its logging)."""
         while line := await self._server.stderr.readline():
@@ -244,7 +256,7 @@ class Typist:
         self.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
 
     async def _suggest(self, uri: str, buffer: Buffer, language: str, rest: str, due: float) -> str:
-        """Ask for an inline completion; what the user accepts of it before ``due``."""
+        """Ask for an inline completion; what the user accepts of it at ``due`` (the next keystroke)."""
         request, done, msg_id = self.client.inline_request(uri, buffer, language)
         self.run.requests.append(request)
         try:
@@ -276,8 +288,9 @@ async def type_with_server(root: Path, spans: list[Span], mode: str, command: li
     workspace, warm the model up, then type every span."""
     run = Run(root.name, mode)
     client = TypingClient()
-    await client.start(command)
+    grace = 0.0
     try:
+        await client.start(command)
         result = await asyncio.wait_for(client.initialize_async(types.InitializeParams(
             capabilities=types.ClientCapabilities(
                 general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
@@ -302,12 +315,13 @@ async def type_with_server(root: Path, spans: list[Span], mode: str, command: li
                                    if (rss := process_stats.peak_rss_mib(pid)) is not None]
         await asyncio.wait_for(client.shutdown_async(None), SERVER_EXIT_TIMEOUT_S)
         client.exit(None)
+        grace = SERVER_EXIT_TIMEOUT_S
     except Exception as error:  # a dead or stuck server ends this run, not the benchmark
         run.failure = f"{type(error).__name__}: {error}"
         logger.error("%s, mode %s: %s; server stderr ends:\n%s", root.name, mode, run.failure,
                      "\n".join(client.stderr_tail))
     finally:
-        await _stop(client)
+        await client.close(grace)
     run.messages = client.messages
     return run
 
@@ -350,16 +364,6 @@ async def _warm_up(client: TypingClient, root: Path, span: Span) -> None:
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
         text_document=types.TextDocumentIdentifier(uri), position=types.Position(0, 0))), REQUEST_TIMEOUT_S)
     client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
-
-
-async def _stop(client: TypingClient) -> None:
-    server = client._server
-    try:
-        await asyncio.wait_for(server.wait(), SERVER_EXIT_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        logger.warning("the server did not exit; killing it")
-        server.kill()
-    await client.stop()
 
 
 def repositories(paths: list[Path]) -> list[Path]:
@@ -492,14 +496,14 @@ def markdown(reports: list[dict]) -> str:
     for report in reports:
         latency = report["latency_ms"]["shown"]
         rss = report["peak_rss_mib"]
-        rows.append("| " + " | ".join(str(cell) for cell in (
+        rows.append("| " + " | ".join("–" if cell is None else str(cell) for cell in (
             report["mode"], report["spans"], report["requests"]["sent"],
             _percent(report["requests"]["answered_in_time_share"]),
             _percent(report["line_start_requests"]["answered_in_time_share"]),
             " / ".join(str(latency.get(q, "–")) for q in ("p50", "p90", "p99")),
             report["characters"]["accepted_per_typed"], _percent(report["keystrokes"]["saved_share"]),
             f"{report['unclosed_suggestions']['broken']} of {report['unclosed_suggestions']['checked']}",
-            report["cpu_seconds_per_typing_minute"], f"{rss['server']} / {rss['workers'] or '–'}",
+            report["cpu_seconds_per_typing_minute"], f"{rss['server'] or '–'} / {rss['workers'] or '–'}",
         )) + " |")
     return "\n".join(rows) + "\n"
 
@@ -524,21 +528,24 @@ def main(args, settings: Settings) -> int:
         repos = repositories(args.repos)
         if unknown or not modes:
             raise ValueError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODES)}")
-        if args.spans < 1 or args.max_lines < 1:
-            raise ValueError("--spans and --max-lines must be at least 1")
+        if args.spans < 1 or args.max_lines < 1 or args.debounce_ms < 0:
+            raise ValueError("--spans and --max-lines must be at least 1, --debounce-ms not negative")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     pace = Pace(debounce=args.debounce_ms / 1000)
-    runs = asyncio.run(benchmark(repos, modes, args.spans, args.seed, args.max_lines, pace, server_command(args),
+    command = server_command(args)
+    runs = asyncio.run(benchmark(repos, modes, args.spans, args.seed, args.max_lines, pace, command,
                                  settings.resolved_cache_dir()))
     reports = [summarize(mode, [run for run in runs if run.mode == mode]) for mode in modes]
-    report = {"command": "bench typing", "seed": args.seed, "spans_requested": args.spans, "max_lines": args.max_lines,
-              "pace": dataclasses.asdict(pace), "modes": reports}
+    report = {"repositories": [str(path) for path in repos], "server": command[1:], "seed": args.seed,
+              "spans_requested": args.spans, "max_lines": args.max_lines, "pace": dataclasses.asdict(pace),
+              "modes": reports}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     table = markdown(reports)
     args.out.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table, end="")
-    failed = any(run.failure for run in runs) or not runs
-    return 1 if failed else 0
+    if not runs:
+        logger.error("no span was typed: the repositories hold no Python or Java file with one")
+    return 1 if not runs or any(run.failure for run in runs) else 0

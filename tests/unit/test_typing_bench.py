@@ -9,6 +9,7 @@ import time
 import pytest
 from lsprotocol import types
 
+from aligncoder_lsp import cli
 from aligncoder_lsp.evaluation.balance import unclosed
 from aligncoder_lsp.evaluation.typing_bench import (
     Buffer,
@@ -269,3 +270,17 @@ def test_repositories_are_folders_or_archives(tmp_path, fixture_workspace):
                                                             fixture_workspace]
     with pytest.raises(ValueError, match="missing"):
         repositories([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--modes", "bm25,fast"], "unknown mode(s) fast"),
+    (["--modes", ","], "unknown mode(s) (none given)"),
+    (["--spans", "0"], "at least 1"),
+    (["--repos", "no/such/folder"], "not a folder or .tar.gz archive: no/such/folder"),
+])
+def test_bad_arguments_get_a_clear_error_before_any_server_starts(arguments, message, capsys, tmp_path,
+                                                                  fixture_workspace):
+    repos = [] if "--repos" in arguments else ["--repos", str(fixture_workspace)]
+    code = cli.main(["bench", "typing", *repos, *arguments, "--out", str(tmp_path / "r.json")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
