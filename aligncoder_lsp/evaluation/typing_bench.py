@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import itertools
 import json
 import logging
@@ -31,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lsprotocol import types
@@ -125,9 +124,8 @@ class Buffer:
         return self.text[self.text.rfind("\n", 0, self.cursor) + 1: self.cursor]
 
     def position(self) -> types.Position:
-        line = self.text.count("\n", 0, self.cursor)
-        line_text = self.text[self.text.rfind("\n", 0, self.cursor) + 1:].split("\n", 1)[0]
-        return types.Position(line, to_client_units(line_text, len(self.line_before), self.encoding))
+        before = self.line_before
+        return types.Position(self.text.count("\n", 0, self.cursor), to_client_units(before, len(before), self.encoding))
 
     def insert(self, text: str) -> types.Position:
         """Insert ``text`` at the cursor and move past it; the position it went in at."""
@@ -418,24 +416,9 @@ def summarize(mode: str, runs: list[Run]) -> dict:
     typed = sum(run.characters - run.accepted_characters for run in runs)
     accepted = sum(run.accepted_characters for run in runs)
     needed = sum(run.keystrokes_needed for run in runs)
+    pressed = sum(run.keystrokes_pressed for run in runs)
     minutes = sum(run.typing_seconds for run in runs) / 60
     cpu = [run.cpu_seconds for run in runs if run.cpu_seconds is not None]
-    checked = broken = opened_by_suggestion = 0
-    examples = []
-    for request in requests:
-        if not (request.insertion and request.insertion.strip()):
-            continue
-        left_open = unclosed(request.text[: request.cursor], request.insertion, request.text[request.cursor:],
-                             request.language)
-        if left_open is None:
-            continue
-        checked += 1
-        if left_open:
-            broken += 1
-            opened_by_suggestion += any(opening.offset >= request.cursor for opening in left_open)
-            if len(examples) < 5:
-                examples.append({"line_before": request.text[: request.cursor].rpartition("\n")[2],
-                                 "suggestion": request.insertion, "open": [o.kind for o in left_open]})
     return {
         "mode": mode,
         "repositories": sorted({run.repository for run in runs}),
@@ -448,10 +431,8 @@ def summarize(mode: str, runs: list[Run]) -> dict:
                        "answered_in_time": _percentiles([r.latency_ms for r in requests if r.in_time])},
         "characters": {"total": typed + accepted, "typed": typed, "accepted": accepted,
                        "accepted_per_typed": _ratio(accepted, typed)},
-        "keystrokes": {"needed": needed, "pressed": sum(run.keystrokes_pressed for run in runs),
-                       "saved_share": _ratio(needed - sum(run.keystrokes_pressed for run in runs), needed)},
-        "unclosed_suggestions": {"checked": checked, "broken": broken, "opened_by_suggestion": opened_by_suggestion,
-                                 "examples": examples},
+        "keystrokes": {"needed": needed, "pressed": pressed, "saved_share": _ratio(needed - pressed, needed)},
+        "unclosed_suggestions": _unclosed_suggestions(requests),
         "cpu_seconds_per_typing_minute": round(sum(cpu) / minutes, 2) if cpu and minutes else None,
         "peak_rss_mib": {
             "server": _rounded_max(run.server_peak_rss_mib for run in runs),
@@ -460,6 +441,28 @@ def summarize(mode: str, runs: list[Run]) -> dict:
         },
         "server_messages": sorted({message for run in runs for message in run.messages})[:10],
     }
+
+
+def _unclosed_suggestions(requests: list[Request]) -> dict:
+    """Suggestions (shown or not) that end inside a string, comment or bracket their suffix
+    leaves open; ``opened_by_suggestion``: those where the suggestion itself opened it."""
+    checked = broken = opened_by_suggestion = 0
+    examples = []
+    for request in requests:
+        if not (request.insertion and request.insertion.strip()):
+            continue
+        prefix, suffix = request.text[: request.cursor], request.text[request.cursor:]
+        left_open = unclosed(prefix, request.insertion, suffix, request.language)
+        if left_open is None:
+            continue
+        checked += 1
+        if left_open:
+            broken += 1
+            opened_by_suggestion += any(opening.offset >= request.cursor for opening in left_open)
+            if len(examples) < 5:
+                examples.append({"line_before": prefix.rpartition("\n")[2], "suggestion": request.insertion,
+                                 "open": [opening.kind for opening in left_open]})
+    return {"checked": checked, "broken": broken, "opened_by_suggestion": opened_by_suggestion, "examples": examples}
 
 
 def _shares(requests: list[Request]) -> dict:
@@ -539,7 +542,7 @@ def main(args, settings: Settings) -> int:
                                  settings.resolved_cache_dir()))
     reports = [summarize(mode, [run for run in runs if run.mode == mode]) for mode in modes]
     report = {"repositories": [str(path) for path in repos], "server": command[1:], "seed": args.seed,
-              "spans_requested": args.spans, "max_lines": args.max_lines, "pace": dataclasses.asdict(pace),
+              "spans_requested": args.spans, "max_lines": args.max_lines, "pace": asdict(pace),
               "modes": reports}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
