@@ -15,7 +15,8 @@ BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() 
 
 
 def test_descendants_include_grandchildren_and_their_memory_is_read():
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); time.sleep(30)"
+    code = ("import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\ntime.sleep(30)")
     child = subprocess.Popen([sys.executable, "-c", code])
     found = []
     try:
