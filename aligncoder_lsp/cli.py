@@ -105,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     index_bench.add_argument("--embed-limit", type=int, default=512, help="snippets embedded per precision")
     index_bench.add_argument("--large-files", type=int, default=0, help="also index a synthetic workspace of N files")
     index_bench.set_defaults(run=_bench_index)
+    typing = benches.add_parser("typing", parents=[common], help="a simulated programmer typing against the real server")
+    typing.add_argument("--repos", type=Path, nargs="+", required=True, metavar="PATH",
+                        help="repositories: folders or REPO.tar.gz (a folder of .tar.gz archives stands for them)")
+    typing.add_argument("--modes", default="bm25", help=f"comma-separated retrieval modes ({', '.join(MODES)})")
+    typing.add_argument("--spans", type=int, default=20, help="spans typed per mode, spread over the repositories")
+    typing.add_argument("--max-lines", type=int, default=15, help="longest span in lines")
+    typing.add_argument("--debounce-ms", type=int, default=150, help="idle time before an inline request")
+    typing.add_argument("--seed", type=int, default=0, help="seed of span choice and typing pace")
+    typing.add_argument("--out", type=Path, default=Path("typing-bench.json"), help="report JSON; .md beside it")
+    typing.set_defaults(run=_bench_typing)
     return parser
 
 
@@ -260,6 +270,12 @@ def _bench_index(args: argparse.Namespace) -> int:
     from aligncoder_lsp.evaluation import index_bench
 
     return index_bench.main(args)
+
+
+def _bench_typing(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import typing_bench
+
+    return typing_bench.main(args, load_settings(args))
 
 
 def _git_root(path: Path) -> Path | None:
