@@ -20,13 +20,16 @@ from tests.canary import CANARY, REPO, TARGET, build_repos, symlinked_tmp, task_
 
 
 class RetrievingEngine:
-    """Stands in for the CompletionEngine: retrieves as the bm25 mode does and keeps what it saw."""
+    """Stands in for the CompletionEngine: retrieves as the bm25 mode does and keeps what it
+    saw, and which indexed files held the canary when it was asked."""
 
     def __init__(self, settings, index):
         self.index = index
         self.retrieved: list[str] = []
+        self.canary_in_index: list[str] = []
 
     def _retrieve(self, request) -> None:
+        self.canary_in_index += _indexed_with_canary(self.index)
         query = query_from_prefix(request.text)
         self.retrieved += [snippet.text for snippet, _ in coarse_retrieve(self.index, query, 5, request.path)]
 
@@ -72,14 +75,19 @@ def test_materialize_returns_the_resolved_folder_under_a_symlinked_workdir(tmp_p
 # -- eval ------------------------------------------------------------------------------------
 
 
-def test_eval_retrieves_nothing_after_the_cursor_under_a_symlinked_tmp(tmp_path, monkeypatch, engines):
+@pytest.mark.parametrize("alias", ["symlinked tmp", "symlink in the repository"])
+def test_eval_retrieves_nothing_after_the_cursor(tmp_path, monkeypatch, engines, alias):
     repos = build_repos(tmp_path)
-    symlinked_tmp(tmp_path, monkeypatch)
+    if alias == "symlinked tmp":
+        symlinked_tmp(tmp_path, monkeypatch)
+    else:
+        (repos / REPO / "shop" / "orders_alias.py").symlink_to("orders.py")
     tasks = load_tasks(write_tasks(tmp_path / "tasks.jsonl"))
     results = runner.run(tasks, repos, "bm25", Settings(), progress=False)
     assert len(results) == 1
     (engine,) = engines
     assert engine.retrieved, "the task retrieved nothing; the check would be empty"
+    assert engine.canary_in_index == []
     assert not [text for text in engine.retrieved if CANARY in text]
 
 
@@ -153,16 +161,8 @@ def _calibration_repos(parent):
 def test_calibrate_indexes_nothing_after_the_masked_statement_under_a_symlinked_tmp(tmp_path, monkeypatch, engines):
     repos = _calibration_repos(tmp_path)
     symlinked_tmp(tmp_path, monkeypatch)
-    seen_in_index: list[str] = []
-    original = RetrievingEngine._retrieve
-
-    def retrieve_and_audit(self, request):
-        seen_in_index.extend(_indexed_with_canary(self.index))
-        original(self, request)
-
-    monkeypatch.setattr(RetrievingEngine, "_retrieve", retrieve_and_audit)
     features, plain, retrieved = calibrate.collect(repos, [REPO], 1, {}, Settings(), seed=0)
     assert len(plain) == 1 and features.shape[0] == 1
     (engine,) = engines
-    assert engine.retrieved and seen_in_index == []
+    assert engine.retrieved and engine.canary_in_index == []
     assert not [text for text in engine.retrieved if CANARY in text]
