@@ -166,3 +166,18 @@ def test_calibrate_indexes_nothing_after_the_masked_statement_under_a_symlinked_
     (engine,) = engines
     assert engine.retrieved and engine.canary_in_index == []
     assert not [text for text in engine.retrieved if CANARY in text]
+
+
+def test_check_finds_a_definition_past_the_cursor_whose_lines_repeat_earlier_ones(tmp_path):
+    (tmp_path / "repo").mkdir()
+    root = (tmp_path / "repo").resolve()
+    target = root / "twice.py"
+    prefix = "def late():\n    pass\n"
+    target.write_text(prefix)
+    index = WorkspaceIndex(Settings().index)
+    index.build([root])
+    index.set_file(str(target), prefix + "\n" * 17 + "def late():\n    pass\n")  # every snippet is in the prefix
+    with pytest.raises(HonestyViolation, match="definition late reaches past"):
+        check_honest(index, target, prefix)
+    index.set_file(str(target), prefix)
+    check_honest(index, target, prefix)
