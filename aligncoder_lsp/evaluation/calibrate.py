@@ -24,7 +24,7 @@ import numpy as np
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.evaluation import require_bench
 from aligncoder_lsp.evaluation.metrics import edit_similarity
-from aligncoder_lsp.evaluation.tasks import load_tasks, materialize
+from aligncoder_lsp.evaluation.tasks import load_tasks, materialize, prefix_only
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.postprocess import statement_end
@@ -74,15 +74,14 @@ def collect(repos: Path, names: list[str], per_repo: int, excluded: dict[str, se
             index.build([root])
             engine.index = index
             for path, prefix, truth in sample_spans(root, per_repo, excluded.get(name, set()), rng):
-                index.set_file(str(path), prefix)
-                lines = prefix.split("\n")
-                request = CompletionRequest(str(path), prefix, len(lines) - 1, len(lines[-1]))
-                first, generation = engine.attempt(request, threading.Event())
-                features.append(selective_features(generation, prefix, str(path), index))
-                plain.append(edit_similarity(first.text, truth))
-                result = engine.complete(request, threading.Event(), "aligncoder")
-                retrieved.append(edit_similarity(result.text, truth))
-                index.refresh_file(path)
+                with prefix_only(index, path, prefix):
+                    lines = prefix.split("\n")
+                    request = CompletionRequest(str(path), prefix, len(lines) - 1, len(lines[-1]))
+                    first, generation = engine.attempt(request, threading.Event())
+                    features.append(selective_features(generation, prefix, str(path), index))
+                    plain.append(edit_similarity(first.text, truth))
+                    result = engine.complete(request, threading.Event(), "aligncoder")
+                    retrieved.append(edit_similarity(result.text, truth))
                 bar.update()
         bar.close()
     return np.array(features), np.array(plain), np.array(retrieved)

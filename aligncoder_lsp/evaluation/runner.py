@@ -3,7 +3,8 @@
 For every task the repository is indexed honestly: the target file holds only the task's
 prefix while the task runs (the rest of the repository is as in the snapshot), and the
 pipeline sees the prefix only, so nothing at or after the cursor reaches the index, the
-prompt or the post-processing.
+prompt or the post-processing. The index is checked for that before every task, and a
+task file can plant a canary token after the cursor that no snippet may hold.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aligncoder_lsp.config import Settings
 from aligncoder_lsp.evaluation import require_bench
 from aligncoder_lsp.evaluation.metrics import edit_similarity, exact_match, identifier_f1
 from aligncoder_lsp.evaluation.server_bench import percentile
-from aligncoder_lsp.evaluation.tasks import Task, load_tasks, materialize
+from aligncoder_lsp.evaluation.tasks import Task, load_tasks, materialize, prefix_only
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 
@@ -65,13 +66,12 @@ def run(tasks: list[Task], repos: Path, mode: str, settings: Settings, progress:
 
 def _run_task(engine: CompletionEngine, index: WorkspaceIndex, root: Path, task: Task, mode: str) -> dict:
     target = root / task.file_path
-    index.set_file(str(target), task.prefix)  # the target file as it is before the cursor
-    line, column = task.cursor
-    request = CompletionRequest(str(target), task.prefix, line, column, task.language)
-    started = time.perf_counter()
-    result = engine.complete(request, threading.Event(), mode)
-    latency = (time.perf_counter() - started) * 1000
-    index.refresh_file(target)
+    with prefix_only(index, target, task.prefix, task.canary):
+        line, column = task.cursor
+        request = CompletionRequest(str(target), task.prefix, line, column, task.language)
+        started = time.perf_counter()
+        result = engine.complete(request, threading.Event(), mode)
+        latency = (time.perf_counter() - started) * 1000
     return {
         "id": task.id, "level": task.level,
         "em": exact_match(result.text, task.groundtruth),

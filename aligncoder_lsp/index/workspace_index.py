@@ -29,7 +29,7 @@ from aligncoder_lsp.index.chunker import split_aggregate
 from aligncoder_lsp.index.dependencies import DependencyGraph
 from aligncoder_lsp.index.embeddings import VectorStore, text_key
 from aligncoder_lsp.index.snippets import Snippet
-from aligncoder_lsp.index.symbols import FileSymbols, extract
+from aligncoder_lsp.index.symbols import Definition, FileSymbols, extract
 from aligncoder_lsp.index.tokenize import code_tokens
 from aligncoder_lsp.workspace.files import Skip, SourceFile, discover, is_indexable, language_of, read_source
 
@@ -298,6 +298,18 @@ class WorkspaceIndex:
             if len(out) >= lines:
                 break
         return "\n".join(out[:lines])
+
+    def snippets_by_path(self) -> dict[str, list[Snippet]]:
+        """Every indexed file's snippets under the path it is indexed by (a copy, for audits)."""
+        with self._lock:
+            return {path: [self._snippets[i] for i in ids] for path, ids in self._by_path.items()}
+
+    def definitions_of(self, path: str) -> list[Definition]:
+        """The definitions the dependency tables hold for the file at ``path``."""
+        root, relative = self._locate(path)
+        with self._lock:
+            symbols = self._graphs[root].files.get(relative) if root is not None else None
+            return list(symbols.definitions.values()) if symbols is not None else []
 
     def document_frequency(self, token: str) -> int:
         """Snippets that contain ``token`` (a lower-cased code token)."""
