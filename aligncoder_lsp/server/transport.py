@@ -92,7 +92,8 @@ class FrameDecoder:
             self._scanned = header[1]
         headers, start, length = self._pending
         end = min(len(self._buffer), start + length)
-        cut = _FRAME_START.search(self._buffer, max(start, self._scanned - _FRAME_START_TAIL), end)
+        scan_from = max(start, self._scanned - _FRAME_START_TAIL)
+        cut = _FRAME_START.search(self._buffer, scan_from, end) if self._buffer.find(b"\n", scan_from, end) >= 0 else None
         if cut is not None:
             del self._buffer[:cut.start()]
             self._pending = None
@@ -101,8 +102,12 @@ class FrameDecoder:
             self._scanned = end
             return None
         body = bytes(self._buffer[start:end])
-        del self._buffer[:end]
         self._pending = None
+        if _unclosed(body):  # the length is wrong: the next frame may begin inside this body
+            del self._buffer[:start]
+            self._resyncing = True
+            return BadFrame(f"the body does not end after its {length} bytes")
+        del self._buffer[:end]
         return Frame(body, headers)
 
     def _read_header(self) -> tuple[dict[str, str], int, int] | BadFrame | None:
@@ -153,6 +158,12 @@ class FrameDecoder:
         del self._buffer[: match.start()]
         self._resyncing = False
         return True
+
+
+def _unclosed(body: bytes) -> bool:
+    """A body that opens a JSON object or array and does not close it."""
+    head, tail = body[:64].lstrip()[:1], body[-64:].rstrip()[-1:]
+    return (head == b"{" and tail != b"}") or (head == b"[" and tail != b"]")
 
 
 class Session:
@@ -225,24 +236,30 @@ def _stdin_reader(fd: int) -> Callable[[], Awaitable[bytes]]:
     """Chunks of ``fd`` read on a daemon thread (a blocked read never holds the process),
     at most a few chunks ahead of the protocol."""
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+    room = threading.Semaphore(4)
 
     def pump() -> None:
-        while True:
+        data = b"-"
+        while data:
+            room.acquire()
             try:
                 data = os.read(fd, CHUNK_BYTES)
             except OSError as error:
                 logger.info("cannot read from the client: %s", error)
                 data = b""
             try:
-                asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
-            except RuntimeError:  # the loop is gone
-                return
-            if not data:
+                loop.call_soon_threadsafe(chunks.put_nowait, data)
+            except RuntimeError:  # the loop is closed
                 return
 
+    async def read() -> bytes:
+        data = await chunks.get()
+        room.release()
+        return data
+
     threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return chunks.get
+    return read
 
 
 def _input_ended(reading: asyncio.Future, protocol: AlignProtocol) -> None:
@@ -284,6 +301,14 @@ def serve_tcp(server: LanguageServer, host: str, port: int) -> int:
     return asyncio.run(main())
 
 
+async def _first_events(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[Frame | BadFrame]:
+    """Read until the first frame (or bad frame) is complete; empty at the end of the input."""
+    events: list[Frame | BadFrame] = []
+    while not events and (data := await reader.read(CHUNK_BYTES)):
+        events = decoder.feed(data)
+    return events
+
+
 class _OneClient:
     """Admits the first connection that opens with a plain LSP frame; refuses the rest."""
 
@@ -300,10 +325,7 @@ class _OneClient:
                 logger.warning("refused a connection from %s: a client is connected", peer)
                 return
             decoder = FrameDecoder()
-            events: list[Frame | BadFrame] = []
-            async with asyncio.timeout(FIRST_FRAME_SECONDS):
-                while not events and (data := await reader.read(CHUNK_BYTES)):
-                    events = decoder.feed(data)
+            events = await asyncio.wait_for(_first_events(reader, decoder), FIRST_FRAME_SECONDS)
             if not events or not (isinstance(events[0], Frame) and events[0].plain):
                 logger.warning("closed a connection from %s: it does not open with an LSP frame", peer)
                 return
@@ -315,7 +337,7 @@ class _OneClient:
             self.protocol.set_writer(writer)
             await _dispatch(lambda: reader.read(CHUNK_BYTES), self.protocol, decoder, events)
             self.protocol.end_session("the client closed the connection")
-        except (TimeoutError, ConnectionError) as error:
+        except (asyncio.TimeoutError, ConnectionError) as error:
             logger.warning("connection from %s failed: %r", peer, error)
             if self.client is writer:
                 self.protocol.end_session("the client connection failed")
