@@ -18,7 +18,7 @@ SERVER = [sys.executable, "-m", "aligncoder_lsp", "serve"]
 class RpcPeer:
     """The client side of one server process. ``launcher`` is a command that starts the
     server as its own child (the server then inherits this peer's pipes); ``closed`` is set
-    when the server's output ends."""
+    when the server's output ends, ``log_closed`` when no process holds its stderr any more."""
 
     def __init__(self, *args: str, stderr: Any = subprocess.PIPE, launcher: Sequence[str] = ()):
         self.process = subprocess.Popen([*launcher, *SERVER, *args], stdin=subprocess.PIPE,
@@ -26,11 +26,16 @@ class RpcPeer:
         self.messages: queue.Queue[dict] = queue.Queue()
         self.notifications: list[dict] = []
         self.closed = threading.Event()
+        self.log_closed = threading.Event()
         self.stderr_lines: list[bytes] = []
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
         if self.process.stderr is not None:
-            threading.Thread(target=lambda: self.stderr_lines.extend(self.process.stderr), daemon=True).start()
+            threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        self.stderr_lines.extend(self.process.stderr)
+        self.log_closed.set()
 
     def _read(self) -> None:
         stream = self.process.stdout

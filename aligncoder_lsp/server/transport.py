@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import re
 import threading
@@ -182,10 +183,13 @@ class Session:
 
 def _exit_after(seconds: float, code: int) -> None:
     """End the process after ``seconds`` unless it has ended by itself: threads stuck in an
-    index build, a generation or an embedding batch cannot keep it alive."""
+    index build, a generation or an embedding batch cannot keep it alive, and worker
+    processes (which hold the client's pipes) end with it."""
 
     def end_now() -> None:
         logger.warning("the server did not stop within %.1f s; ending it (exit code %d)", seconds, code)
+        for child in multiprocessing.active_children():
+            child.kill()
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(code)
