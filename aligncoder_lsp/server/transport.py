@@ -74,6 +74,7 @@ class FrameDecoder:
         self._resyncing = False
         self._pending: tuple[dict[str, str], int, int] | None = None  # headers, body start, length
         self._scanned = 0  # how far the pending body was searched for a new frame
+        self._ignored: set[str] = set()  # unknown header names already logged
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         self._buffer += data
@@ -132,9 +133,9 @@ class FrameDecoder:
             if name in headers and headers[name] != value:
                 return self._bad(f"conflicting {name} headers", skip=position)
             headers[name] = value
-        unknown = set(headers) - LSP_HEADERS
-        if unknown:
+        if unknown := set(headers) - LSP_HEADERS - self._ignored:
             logger.warning("ignoring unknown headers: %s", ", ".join(sorted(unknown)))
+            self._ignored |= unknown
         length = headers.get("content-length")
         if length is None:
             return self._bad("no Content-Length header")
@@ -225,7 +226,7 @@ class PipeWriter:
         try:
             self._stream.write(data)
             self._stream.flush()
-        except (BrokenPipeError, ValueError, OSError) as error:
+        except (OSError, ValueError) as error:  # a broken pipe, or a stream already closed
             logger.info("cannot write to the client: %s", error)
             self._lost()
 
