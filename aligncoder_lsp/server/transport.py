@@ -208,7 +208,6 @@ async def _dispatch(read: Callable[[], Awaitable[bytes]], protocol: AlignProtoco
             if isinstance(event, Frame):
                 protocol.receive(event.body)
             else:
-                logger.warning("bad frame: %s", event.reason)
                 protocol.reject_frame(event.reason)
         if not (data := await read()):
             return
