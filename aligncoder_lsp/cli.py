@@ -143,24 +143,22 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.server import transport
     from aligncoder_lsp.server.features import build_server
 
     server = build_server(load_settings(args))
     try:
         if args.tcp:
-            server.start_tcp(args.host, args.port)
+            exit_code = transport.serve_tcp(server, args.host, args.port)
         else:
             # stdout carries the protocol: give it a private descriptor and point fd 1 at
             # stderr, so nothing a library prints can corrupt the stream.
             protocol_out = os.fdopen(os.dup(1), "wb")
             os.dup2(2, 1)
             sys.stdout = sys.stderr
-            server.start_io(sys.stdin.buffer, protocol_out)
+            exit_code = transport.serve_stdio(server, sys.stdin.buffer, protocol_out)
     finally:
         server.close()
-    exit_code = server.protocol.exit_code
-    if exit_code is None:  # the client went away without `exit`
-        exit_code = 0 if server.protocol._shutdown else 1
     logger.info("server stopped (exit code %d)", exit_code)
     return exit_code
 

@@ -9,32 +9,47 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SERVER = [sys.executable, "-m", "aligncoder_lsp", "serve"]
 
 
 class RpcPeer:
-    def __init__(self, *args: str, stderr: Any = subprocess.PIPE):
-        self.process = subprocess.Popen([*SERVER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    """The client side of one server process. ``launcher`` is a command that starts the
+    server as its own child (the server then inherits this peer's pipes); ``closed`` is set
+    when the server's output ends, ``log_closed`` when no process holds its stderr any more."""
+
+    def __init__(self, *args: str, stderr: Any = subprocess.PIPE, launcher: Sequence[str] = ()):
+        self.process = subprocess.Popen([*launcher, *SERVER, *args], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=stderr)
         self.messages: queue.Queue[dict] = queue.Queue()
         self.notifications: list[dict] = []
+        self.closed = threading.Event()
+        self.log_closed = threading.Event()
+        self.stderr_lines: list[bytes] = []
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
         if self.process.stderr is not None:
-            threading.Thread(target=self.process.stderr.read, daemon=True).start()
+            threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        self.stderr_lines.extend(self.process.stderr)
+        self.log_closed.set()
 
     def _read(self) -> None:
         stream = self.process.stdout
-        while True:
-            length = None
-            while (line := stream.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            if not line or length is None:
-                return
-            self.messages.put(json.loads(stream.read(length)))
+        try:
+            while True:
+                length = None
+                while (line := stream.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                if not line or length is None:
+                    return
+                self.messages.put(json.loads(stream.read(length)))
+        finally:
+            self.closed.set()
 
     def _next(self, timeout: float) -> dict:
         """The next message; notifications are recorded and server requests accepted."""
@@ -45,9 +60,13 @@ class RpcPeer:
                 self.send({"id": message["id"], "result": None})
         return message
 
-    def send_raw(self, body: bytes) -> None:
-        self.process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    def write(self, data: bytes) -> None:
+        """Send bytes exactly as given (malformed frames included)."""
+        self.process.stdin.write(data)
         self.process.stdin.flush()
+
+    def send_raw(self, body: bytes) -> None:
+        self.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     def send(self, message: dict) -> None:
         self.send_raw(json.dumps({"jsonrpc": "2.0", **message}).encode())
@@ -77,9 +96,10 @@ class RpcPeer:
             if message.get("method") == method and predicate(message.get("params")):
                 return message
 
-    def initialize(self, root: str | None = None, capabilities: dict | None = None, options: dict | None = None) -> dict:
+    def initialize(self, root: str | None = None, capabilities: dict | None = None, options: dict | None = None,
+                   process_id: int | None = None) -> dict:
         response = self.request("initialize", {
-            "processId": None,
+            "processId": process_id,
             "rootUri": root,
             "capabilities": capabilities or {},
             "initializationOptions": options,
