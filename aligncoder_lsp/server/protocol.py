@@ -40,6 +40,8 @@ from pygls.exceptions import (
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
+from aligncoder_lsp.workspace.documents import LspWorkspace
+
 logger = logging.getLogger(__name__)
 
 PREFERRED_ENCODINGS = (types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16)
@@ -152,7 +154,9 @@ class AlignProtocol(LanguageServerProtocol):
         if general is not None:
             general.position_encodings = [choice]
         self._watch_client_process(params.process_id)
-        return (yield from super().lsp_initialize(params))
+        result = yield from super().lsp_initialize(params)
+        self._workspace = LspWorkspace.like(self._workspace)  # lines split as clients split them
+        return result
 
     @lsp_method(types.WORKSPACE_EXECUTE_COMMAND)
     def lsp_workspace__execute_command(self, params: types.ExecuteCommandParams):

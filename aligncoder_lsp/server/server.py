@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams, JsonRpcParseError
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
@@ -176,8 +175,8 @@ class AlignCoderServer(LanguageServer):
     # -- error reporting -------------------------------------------------------------
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        """Internal errors are logged, not shown to the user; unparsable JSON is answered
-        with ParseError."""
-        if isinstance(error, json.JSONDecodeError):
-            self.protocol._send_response(None, error=JsonRpcParseError(str(error)).to_response_error())
-        logger.error("internal error (%s): %s", getattr(source, "__name__", source), error)
+        """Internal errors are logged, not shown to the user; a client's invalid request
+        is only a warning."""
+        level = logging.WARNING if isinstance(error, JsonRpcException) else logging.ERROR
+        logger.log(level, "%s (%s): %s", "request error" if level == logging.WARNING else "internal error",
+                   getattr(source, "__name__", source), error)

@@ -127,3 +127,15 @@ def test_the_status_command_never_waits_for_the_index_lock():
             assert answer.result(timeout=2)["files"] == 0
         finally:
             release.set()
+
+
+def test_edits_after_unusual_line_breaks_land_where_the_client_put_them(peer, workspace):
+    """Clients split lines only at \\n, \\r\\n and \\r; U+0085 or a form feed inside a line
+    must not shift an incremental edit to another line."""
+    _ready(peer, workspace)
+    uri = (workspace / "pkg" / "odd.py").as_uri()
+    _open(peer, uri, "x = '\x85'\ny = '\x0c\u2028'\noldname = 1\n")
+    peer.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+        {"range": {"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 7}}, "text": "newname"}]})
+    _eventually(lambda: _paths(peer, "newname") == {"pkg/odd.py"})
+    assert _paths(peer, "oldname") == set()
