@@ -16,9 +16,9 @@ import threading
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
-from aligncoder_lsp.training.corpus import Repository, index_settings, text_digest
-from aligncoder_lsp.training.store import CANDIDATES, Hole, Progress, Run, Shard, group_by_file
-from aligncoder_lsp.workspace.files import Skip, language_of, read_source
+from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
+from aligncoder_lsp.training.store import CANDIDATES, Hole, Progress, Run, Shard
+from aligncoder_lsp.workspace.files import language_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def candidate_record(engine: CompletionEngine, hole: Hole, path: str, prefix: st
 
 
 def run_candidates(run: Run, repositories: dict[str, Repository], settings: Settings, shard: Shard,
-                   limit: int | None = None, log_every: int = 10, engine: CompletionEngine | None = None) -> int:
+                   limit: int | None = None, log_every: int = 10) -> int:
     """Make the candidates of the shard's holes not done yet; returns how many were made."""
     manifest = run.manifest()
     run.settle("candidates", {"retrieval": {k: v for k, v in vars(settings.retrieval).items() if k not in SERVING_ONLY},
@@ -61,33 +61,23 @@ def run_candidates(run: Run, repositories: dict[str, Repository], settings: Sett
     output = run.shard_file(CANDIDATES, shard)
     output.repair()
     indexing = index_settings(settings.index, manifest.get("exclude", []))
-    engine = engine or CompletionEngine(settings, WorkspaceIndex(indexing))
-    digests = {entry["name"]: entry["files"] for entry in manifest["repositories"]}
+    engine = CompletionEngine(settings, WorkspaceIndex(indexing))
     progress = Progress("candidates", len(todo), log_every, already=len(done))
     cancel = threading.Event()
-    for repo, files in group_by_file(todo).items():
-        repository = repositories.get(repo)
-        if repository is None:
-            logger.warning("candidates: repository %s is not among --repos; skipping its %d files", repo, len(files))
-            continue
-        with repository.open() as root:
-            index = WorkspaceIndex(indexing)
-            index.build([root])
-            engine.index = index
-            for relative, holes in files.items():
-                path = root / relative
-                source = read_source(path, indexing.max_file_bytes)
-                if isinstance(source, Skip) or text_digest(source.text) != digests.get(repo, {}).get(relative):
-                    logger.warning("candidates: %s/%s changed since mining; skipping its %d holes",
-                                   repo, relative, len(holes))
-                    continue
-                for hole in holes:
-                    prefix = source.text[: hole.offset]
-                    if not source.text.startswith(hole.target, hole.offset):
-                        logger.warning("candidates: %s does not match its file; skipped", hole.id)
-                        continue
-                    index.set_file(str(path), prefix)
-                    output.append(candidate_record(engine, hole, str(path), prefix, cancel))
-                    progress.tick()
-                index.set_file(str(path), source.text)
+    indexed_root = None
+    for root, relative, source, holes in files_with_holes(todo, repositories, manifest, indexing, "candidates"):
+        if root != indexed_root:  # one in-memory index per repository
+            engine.index = WorkspaceIndex(indexing)
+            engine.index.build([root])
+            indexed_root = root
+        path = str(root / relative)
+        for hole in holes:
+            if not source.text.startswith(hole.target, hole.offset):
+                logger.warning("candidates: %s does not match its file; skipped", hole.id)
+                continue
+            prefix = source.text[: hole.offset]
+            engine.index.set_file(path, prefix)
+            output.append(candidate_record(engine, hole, path, prefix, cancel))
+            progress.tick()
+        engine.index.set_file(path, source.text)
     return progress.done

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligncoder_lsp.config import IndexSettings
-from aligncoder_lsp.training.store import RunError, file_digest
+from aligncoder_lsp.training.store import Hole, RunError, file_digest, group_by_file
 from aligncoder_lsp.workspace.files import Skip, SourceFile, discover, read_source
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,28 @@ def source_files(root: Path, settings: IndexSettings) -> Iterator[tuple[str, Sou
             logger.info("skipping %s: %s", path, source.value)
             continue
         yield path.relative_to(root).as_posix(), source
+
+
+def files_with_holes(holes: list[Hole], repositories: dict[str, Repository], manifest: dict,
+                     settings: IndexSettings, phase: str) -> Iterator[tuple[Path, str, SourceFile, list[Hole]]]:
+    """(repository root, relative path, file, its holes in text order) for each file with
+    holes, read in place and checked against the manifest: a file changed since mining, or
+    a repository not given, is skipped with a log line. The root stays valid until the next
+    file of another repository is asked for."""
+    digests = {entry["name"]: entry["files"] for entry in manifest["repositories"]}
+    for repo, files in group_by_file(holes).items():
+        repository = repositories.get(repo)
+        if repository is None:
+            logger.warning("%s: repository %s is not among --repos; skipping its %d files", phase, repo, len(files))
+            continue
+        with repository.open() as root:
+            for relative, file_holes in files.items():
+                source = read_source(root / relative, settings.max_file_bytes)
+                if isinstance(source, Skip) or text_digest(source.text) != digests.get(repo, {}).get(relative):
+                    logger.warning("%s: %s/%s changed since mining; skipping its %d holes",
+                                   phase, repo, relative, len(file_holes))
+                    continue
+                yield root, relative, source, file_holes
 
 
 def text_digest(text: str) -> str:

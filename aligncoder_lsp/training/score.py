@@ -20,9 +20,8 @@ import time
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.models.llama_backend import LlamaModel, TargetScorer
 from aligncoder_lsp.models.prompts import code_window
-from aligncoder_lsp.training.corpus import Repository, index_settings, text_digest
-from aligncoder_lsp.training.store import CANDIDATES, SCORES, Hole, Progress, Run, Shard, group_by_file
-from aligncoder_lsp.workspace.files import Skip, read_source
+from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
+from aligncoder_lsp.training.store import CANDIDATES, SCORES, Hole, Progress, Run, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +62,17 @@ def run_score(run: Run, repositories: dict[str, Repository], settings: Settings,
     output = run.shard_file(SCORES, shard)
     output.repair()
     indexing = index_settings(settings.index, manifest.get("exclude", []))
-    digests = {entry["name"]: entry["files"] for entry in manifest["repositories"]}
     scorer = TargetScorer(model)
     progress = Progress("score", len(todo), log_every, already=len(done))
     try:
-        for repo, files in group_by_file(todo).items():
-            repository = repositories.get(repo)
-            if repository is None:
-                logger.warning("score: repository %s is not among --repos; skipping its %d files", repo, len(files))
-                continue
-            with repository.open() as root:
-                for relative, file_holes in files.items():
-                    source = read_source(root / relative, indexing.max_file_bytes)
-                    if isinstance(source, Skip) or text_digest(source.text) != digests.get(repo, {}).get(relative):
-                        logger.warning("score: %s/%s changed since mining; skipping its %d holes",
-                                       repo, relative, len(file_holes))
-                        continue
-                    for hole in file_holes:
-                        started = time.perf_counter()
-                        record = score_hole(scorer, model, hole, source.text[: hole.offset],
-                                            candidates[hole.id]["candidates"], window_tokens)
-                        record["s"] = round(time.perf_counter() - started, 2)
-                        output.append(record)
-                        progress.tick()
+        for _, _, source, holes_of_file in files_with_holes(todo, repositories, manifest, indexing, "score"):
+            for hole in holes_of_file:
+                started = time.perf_counter()
+                record = score_hole(scorer, model, hole, source.text[: hole.offset],
+                                    candidates[hole.id]["candidates"], window_tokens)
+                record["s"] = round(time.perf_counter() - started, 2)
+                output.append(record)
+                progress.tick()
     finally:
         scorer.close()
     return progress.done

@@ -5,10 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import threading
 
 import pytest
 
+from aligncoder_lsp.config import Settings
+from aligncoder_lsp.models.llama_backend import TargetScorer
+from aligncoder_lsp.pipeline import load_generator
 from aligncoder_lsp.training.store import Hole, Run
 from tests.conftest import FIXTURES
 
@@ -112,3 +115,21 @@ def test_score_resumes_by_redoing_only_the_lost_hole(scored):
     assert before["ids"] == after["ids"]
     assert all(abs(a - b) < 0.05 for a, b in zip(before["ll"], after["ll"]))
     assert _train("score", "--out", str(run.folder))["holes_done_now"] == 0
+
+
+def test_target_scores_agree_with_the_generators_own_log_probabilities():
+    model = load_generator(Settings())
+    prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n"
+    generation = model.generate(prompt, 12, threading.Event())
+    tokens = model.tokenize(generation.text)
+    assert len(tokens) == generation.generated_tokens  # the text tokenizes back to what was generated
+    scorer = TargetScorer(model)
+    first = scorer.score(prompt, generation.text)
+    again = scorer.score(prompt, generation.text)  # all but the last prompt token reused
+    scorer.close()
+    assert again.reused_tokens == first.prompt_tokens - 1 and first.reused_tokens == 0
+    reference = sum(generation.logprobs) / len(tokens)
+    for scored in (first, again):  # batch sizes differ (one token per step there), so do the last digits
+        assert len(scored.logprobs) == len(tokens)
+        assert max(abs(a - b) for a, b in zip(scored.logprobs, generation.logprobs)) < 0.25
+        assert abs(scored.mean - reference) < 0.05
