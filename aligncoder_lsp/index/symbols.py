@@ -94,17 +94,16 @@ def extract(text: str, language: str) -> FileSymbols:
     return FileSymbols("java", package, _java_imports(root), _definitions(root, language, _java_signature))
 
 
-def literal_lines(text: str, language: str) -> set[int]:
-    """0-based lines that lie inside a string or block comment spanning several lines, and
-    the opening line when the literal starts it: prose, not code."""
+def skipped_lines(text: str, language: str) -> set[int]:
+    """0-based lines that are not code to complete: the inside of strings and block comments
+    spanning several lines, and of imports (with their first line when the node starts it)."""
     source = text.split("\n")
     lines: set[int] = set()
-    for nodes in QueryCursor(_query(language, "literals")).captures(parse(text, language)).values():
+    for nodes in QueryCursor(_query(language, "skipped")).captures(parse(text, language)).values():
         for node in nodes:
             (first, column), last = node.start_point, node.end_point[0]
-            if last > first:
-                opens_line = not source[first][:column].strip() if first < len(source) else False
-                lines.update(range(first if opens_line else first + 1, last + 1))
+            opens_line = first < len(source) and not source[first][:column].strip()
+            lines.update(range(first if opens_line else first + 1, last + 1))
     return lines
 
 

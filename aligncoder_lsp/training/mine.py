@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aligncoder_lsp.index.dependencies import DependencyGraph
-from aligncoder_lsp.index.symbols import extract, literal_lines
+from aligncoder_lsp.index.symbols import extract, skipped_lines
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.training.corpus import VENDORED, Repository, describe, index_settings, source_files, text_digest
 from aligncoder_lsp.training.store import Hole, Run
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORD = re.compile(r"[A-Za-z0-9_]")
 COMMENT_STARTS = {"python": ("#",), "java": ("//", "/*", "*")}
-IMPORT_LINE = {"python": re.compile(r"(import\s+[\w.]+|from\s+[\w.]+\s+import\b).*"),
-               "java": re.compile(r"(import|package)\s+[\w.*\s]+;\s*")}
 
 
 @dataclass
@@ -63,24 +61,16 @@ class Cut:
 
 
 def code_lines(text: str, language: str) -> list[int]:
-    """0-based lines that can start a target: not blank, not only a comment, not only an
+    """0-based lines that can start a target: not blank, not only a comment, not part of an
     import, not inside a multi-line string or comment."""
     comments = COMMENT_STARTS.get(language, ("#",))
-    imports = IMPORT_LINE.get(language)
     try:
-        prose = literal_lines(text, language)
+        skipped = skipped_lines(text, language)
     except Exception:  # a grammar problem must not stop mining; keep every line
-        logger.exception("could not find the literals of a %s file", language)
-        prose = set()
-    out = []
-    for number, line in enumerate(text.split("\n")):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(comments) or number in prose:
-            continue
-        if imports is not None and imports.fullmatch(stripped):
-            continue
-        out.append(number)
-    return out
+        logger.exception("could not find the strings and imports of a %s file", language)
+        skipped = set()
+    return [number for number, line in enumerate(text.split("\n"))
+            if line.strip() and not line.strip().startswith(comments) and number not in skipped]
 
 
 def cuts_of_file(text: str, language: str, foreign_names: set[str], settings: MineSettings,
@@ -173,6 +163,8 @@ def mine_repository(name: str, files: dict[str, SourceFile], settings: MineSetti
         if language is None:
             continue
         digest = text_digest(text)
+        if not text.strip():
+            continue
         if digest in skip_digests:
             logger.info("not mining %s/%s: the same text is elsewhere in the corpus or excluded", name, relative)
             continue

@@ -36,7 +36,7 @@ def distance(a: Point, b: Point) -> float:
 
 
 def _app(regions: int) -> str:
-    lines = ["from alpha.geometry import Point, distance", "import os", "", ""]
+    lines = ["from alpha.geometry import (", "    Point,", "    distance,", ")", "import os", "", ""]
     for n in range(regions):
         lines += [f"def path_{n}(points):",
                   f'    """Length of path {n}.',
@@ -60,7 +60,7 @@ def _repo(root: Path, name: str, regions: int = 12) -> Path:
     return root / name
 
 
-def test_code_lines_leave_out_blank_comment_import_and_docstring_lines():
+def test_code_lines_leave_out_blank_comment_docstring_and_import_lines_even_in_brackets():
     text = _app(1)
     lines = text.split("\n")
     kept = {lines[n].strip() for n in code_lines(text, "python")}
