@@ -370,6 +370,11 @@ class Drafter:
     def close(self) -> None:
         self._context.close()
 
+    def reseed(self, seed: int) -> None:
+        """Start a fresh random stream (training makes each hole's drafts independent of
+        the order holes are processed in)."""
+        self._rng = np.random.default_rng(seed)
+
     def _sample(self, logits: np.ndarray, temperature: float, top_p: float) -> int:
         candidates = np.argpartition(-logits, 64)[:64]
         scaled = logits[candidates].astype(np.float64) / temperature

@@ -10,8 +10,10 @@ needed" stop item closes the list.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
 
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
@@ -33,6 +35,7 @@ def candidate_record(engine: CompletionEngine, hole: Hole, path: str, prefix: st
     """The re-ranking inputs of one hole, with ``path``'s text in the index already cut to ``prefix``."""
     language = language_of(path) or "python"
     request = CompletionRequest(path, prefix, hole.line, hole.column, language)
+    engine.drafter().reseed(int(hashlib.sha1(hole.id.encode()).hexdigest()[:8], 16))
     inputs = engine.rerank_inputs(request, cancel)
     items = []
     for snippet, score, source in inputs.candidates:
@@ -64,20 +67,30 @@ def run_candidates(run: Run, repositories: dict[str, Repository], settings: Sett
     engine = CompletionEngine(settings, WorkspaceIndex(indexing))
     progress = Progress("candidates", len(todo), log_every, already=len(done))
     cancel = threading.Event()
+    digests = {entry["name"]: entry["files"] for entry in manifest["repositories"]}
     indexed_root = None
     for root, relative, source, holes in files_with_holes(todo, repositories, manifest, indexing, "candidates"):
         if root != indexed_root:  # one in-memory index per repository
             engine.index = WorkspaceIndex(indexing)
             engine.index.build([root])
             indexed_root = root
+        files = digests[holes[0].repo]
+        copies = [root / other for other, digest in files.items() if digest == files[relative] and other != relative]
+        for copy in copies:  # a copy of the file would show the text after the cursor
+            engine.index.remove_file(str(copy))
         path = str(root / relative)
         for hole in holes:
             if not source.text.startswith(hole.target, hole.offset):
                 logger.warning("candidates: %s does not match its file; skipped", hole.id)
                 continue
+            started = time.perf_counter()
             prefix = source.text[: hole.offset]
             engine.index.set_file(path, prefix)
-            output.append(candidate_record(engine, hole, path, prefix, cancel))
+            record = candidate_record(engine, hole, path, prefix, cancel)
+            record["s"] = round(time.perf_counter() - started, 2)
+            output.append(record)
             progress.tick()
         engine.index.set_file(path, source.text)
+        for copy in copies:
+            engine.index.refresh_file(copy)
     return progress.done

@@ -138,6 +138,9 @@ class Run:
         candidates = self.records(CANDIDATES)
         report: dict = {"holes": len(holes), "held_out": sum(1 for hole in holes if hole.split == "held-out"),
                         "candidates": sum(1 for hole in holes if hole.id in candidates), "scores": {}}
+        made = [record["s"] for record in candidates.values() if isinstance(record.get("s"), (int, float))]
+        if made:
+            report["candidates_seconds_per_hole"] = round(sum(made) / len(made), 2)
         seconds: list[float] = []
         scored: set[str] = set()
         for path in sorted((self.folder / SCORES).glob("shard-*.jsonl")):

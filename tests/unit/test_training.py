@@ -224,7 +224,7 @@ def test_a_torn_record_is_dropped_and_appends_continue_on_a_fresh_line(tmp_path)
 def test_status_counts_each_phase_and_estimates_what_is_left(tmp_path):
     run, _ = _mine(tmp_path)
     holes = run.holes()
-    run.shard_file("candidates", Shard(0, 1)).append({"hole": holes[0].id, "candidates": []})
+    run.shard_file("candidates", Shard(0, 1)).append({"hole": holes[0].id, "candidates": [], "s": 2.5})
     scores = run.shard_file("scores", Shard(1, 2))
     scores.append({"hole": holes[0].id, "ids": ["stop"], "ll": [-1.0], "n": 3, "s": 12.0})
     scores.append({"hole": holes[1].id, "ids": ["stop"], "ll": [-1.0], "n": 3, "s": 18.0})
@@ -232,6 +232,7 @@ def test_status_counts_each_phase_and_estimates_what_is_left(tmp_path):
     assert (status["holes"], status["candidates"], status["scored"]) == (40, 1, 2)
     assert status["scores"] == {"shard-1-of-2.jsonl": 2}
     assert status["seconds_per_hole"] == 15.0 and status["eta_one_machine"] == "9m30s"
+    assert status["candidates_seconds_per_hole"] == 2.5
 
 
 def test_a_run_refuses_to_continue_with_other_settings(tmp_path):

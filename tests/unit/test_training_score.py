@@ -61,6 +61,8 @@ def scored(tmp_path_factory):
     shutil.copytree(FIXTURES / "workspace" / "shop", repo / "shop")
     (repo / "app").mkdir()
     (repo / "app" / "main.py").write_text(MAIN)
+    (repo / "backup").mkdir()
+    (repo / "backup" / "main.py").write_text(MAIN)  # a copy must not leak the text after the cursor
     run_folder = base / "run"
     mined = _train("mine", "--repos", str(repo), "--out", str(run_folder), "--holes", "3")
     assert mined["total"] == 3
@@ -92,7 +94,7 @@ def test_nothing_at_or_after_the_cursor_reaches_the_candidates(scored):
         after = MAIN[hole.offset + len(hole.target):]
         assert record["candidates"][-1]["id"] == "stop"
         for candidate in record["candidates"]:
-            assert ":app/main.py:" not in candidate["id"]
+            assert ":app/main.py:" not in candidate["id"] and ":backup/main.py:" not in candidate["id"]
             for field in ("text", "shown"):
                 assert MARKER not in candidate[field] and after.strip()[:40] not in candidate[field]
         assert MARKER not in record["query"] and all(MARKER not in draft for draft in record["drafts"])
