@@ -23,7 +23,7 @@ from aligncoder_lsp.index.dependencies import DependencyGraph
 from aligncoder_lsp.index.symbols import extract, skipped_lines
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.training.corpus import VENDORED, Repository, describe, index_settings, source_files, text_digest
-from aligncoder_lsp.training.store import Hole, Run
+from aligncoder_lsp.training.store import CANDIDATES, SCORES, Hole, Run, RunError
 from aligncoder_lsp.workspace.files import SourceFile, language_of
 
 logger = logging.getLogger(__name__)
@@ -241,6 +241,8 @@ def describe_holes(holes: list[Hole]) -> dict:
 def run_mine(run: Run, repositories: list[Repository], settings: Settings, mine_settings: MineSettings,
              count: Callable[[str], int], exclude_like: list[Repository] = (), generator: str = "") -> dict:
     """Mine the holes of a run and write its manifest; returns the holes' summary."""
+    if any((run.folder / phase).exists() for phase in (CANDIDATES, SCORES)):
+        raise RunError(f"{run.folder} already has candidates or scores of its holes; mine into a new --out folder")
     rng = random.Random(mine_settings.seed)
     exclude = list(VENDORED)
     indexing = index_settings(settings.index, exclude)

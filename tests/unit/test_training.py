@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aligncoder_lsp.cli import main
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.models.prompts import ContextPiece, fit_context
 from aligncoder_lsp.training.corpus import Repository, describe, unique_names
@@ -268,3 +269,22 @@ def test_hole_records_round_trip(tmp_path):
     run = Run(tmp_path)
     run.write_holes([hole])
     assert run.holes() == [hole] and json.loads(json.dumps(hole.to_json())) == hole.to_json()
+
+
+def test_mining_again_into_a_run_with_results_is_refused(tmp_path):
+    run, _ = _mine(tmp_path)
+    run.shard_file("scores", Shard()).append({"hole": run.holes()[0].id})
+    with pytest.raises(RunError, match="new --out"):
+        run_mine(run, [Repository.from_path(tmp_path / "corpus" / "alpha")], Settings(), MineSettings(), words)
+
+
+def test_train_commands_explain_bad_input(tmp_path, capsys):
+    assert main(["train", "status", "--out", str(tmp_path / "none")]) == 1
+    assert "run `train mine` first" in capsys.readouterr().err
+    run, _ = _mine(tmp_path)
+    assert main(["train", "score", "--out", str(run.folder), "--shard", "2/2"]) == 1
+    assert "0 <= i < n" in capsys.readouterr().err
+    assert main(["train", "candidates", "--out", str(run.folder), "--repos", str(tmp_path / "nowhere.zip")]) == 1
+    assert "neither a folder nor a tarball" in capsys.readouterr().err
+    assert main(["train", "status", "--out", str(run.folder)]) == 0
+    assert json.loads(capsys.readouterr().out)["holes"] == 40
