@@ -371,8 +371,9 @@ class Drafter:
         self._context.close()
 
     def reseed(self, seed: int) -> None:
-        """Start a fresh random stream (training makes each hole's drafts independent of
-        the order holes are processed in)."""
+        """Start a fresh random stream: training draws each hole's drafts from its own
+        stream, not from how many holes came before (a reused KV prefix can still move the
+        last digits of the logits)."""
         self._rng = np.random.default_rng(seed)
 
     def _sample(self, logits: np.ndarray, temperature: float, top_p: float) -> int:

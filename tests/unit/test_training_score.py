@@ -10,6 +10,8 @@ import threading
 import pytest
 
 from aligncoder_lsp.config import Settings
+from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.models.llama_backend import TargetScorer
 from aligncoder_lsp.pipeline import load_generator
 from aligncoder_lsp.training.store import Hole, Run
@@ -135,3 +137,22 @@ def test_target_scores_agree_with_the_generators_own_log_probabilities():
         assert len(scored.logprobs) == len(tokens)
         assert max(abs(a - b) for a, b in zip(scored.logprobs, generation.logprobs)) < 0.25
         assert abs(scored.mean - reference) < 0.05
+
+
+def test_training_sees_what_serving_re_ranks():
+    workspace = FIXTURES / "workspace"
+    main = workspace / "app" / "main.py"
+    index = WorkspaceIndex(Settings().index)
+    index.build([workspace])
+    request = CompletionRequest(str(main), main.read_text(), 13, 4)
+    training = CompletionEngine(Settings(), index)  # fresh contexts on both sides: the same numbers
+    training.drafter().reseed(7)
+    inputs = training.rerank_inputs(request, threading.Event())
+    engine = CompletionEngine(Settings(), index)
+    engine.drafter().reseed(7)
+    trace = engine.complete(request, threading.Event(), "aligncoder").trace
+    assert trace.drafts == inputs.drafts and len(inputs.drafts) == 4
+    offered = {(index.relative(s.path), s.start + 1, s.end) for s, _, _ in inputs.candidates}
+    assert trace.snippets and {(use.path, use.start_line, use.end_line) for use in trace.snippets} <= offered
+    assert {source for _, _, source in inputs.candidates} == {"bm25", "dependency"}
+    engine.close_encoder()
