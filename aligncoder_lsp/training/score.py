@@ -8,7 +8,8 @@ candidates of a hole, but they come after the candidate, so only the common head
 prompts (BOS and the context header) is reused from the KV cache; candidates are scored in
 the order of their rendered text to make that head as long as possible.
 
-Per hole one compact line: candidate ids, rounded log-likelihoods, the target's token count.
+Per hole one compact line: candidate ids, rounded log-likelihoods, the target's token count
+(``n``), the tokens evaluated (``t``) and the seconds taken (``s``).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def score_hole(scorer: TargetScorer, model: LlamaModel, hole: Hole, prefix: str,
     code, healed = code_window(prefix, window_tokens, model.count_tokens)
     target = healed + hole.target
     means: dict[int, float] = {}
-    tokens = 0
+    tokens = evaluated = 0
     for position in sorted(range(len(candidates)), key=lambda i: candidates[i]["shown"]):
         result = scorer.score(candidates[position]["shown"] + code, target, cancel)
         means[position] = round(result.mean, 4)
         tokens = len(result.logprobs)
+        evaluated += result.prompt_tokens + max(0, tokens - 1) - result.reused_tokens
     return {"hole": hole.id, "ids": [c["id"] for c in candidates], "ll": [means[i] for i in range(len(candidates))],
-            "n": tokens}
+            "n": tokens, "t": evaluated}
 
 
 def run_score(run: Run, repositories: dict[str, Repository], settings: Settings, model: LlamaModel, shard: Shard,

@@ -82,6 +82,7 @@ def test_a_candidate_holding_the_target_beats_no_context(scored):
     record = run.records("scores")[holes[0].id]
     candidates = run.records("candidates")[holes[0].id]["candidates"]
     assert record["ids"] == [c["id"] for c in candidates] and record["n"] > 5
+    assert record["t"] > len(candidates) * record["n"]
     likelihood = dict(zip(record["ids"], record["ll"]))
     holding = [c["id"] for c in candidates if holes[0].target in c["text"]]
     assert holding, "BM25 should find apply_discount in shop/pricing.py"
