@@ -119,7 +119,7 @@ def _cut(lines: list[str], number: int, shape: str, eligible: set[int], max_toke
         while len(following) < wanted and following[-1] + 1 in eligible:
             following.append(following[-1] + 1)
         while len(following) >= 2:
-            target = "\n".join([line[indent:]] + [lines[n].rstrip() for n in following[1:]])
+            target = "\n".join([lines[number][indent:]] + [lines[n] for n in following[1:]]).rstrip()
             if count(target) <= max_tokens:
                 return indent, target, shape
             following.pop()

@@ -45,7 +45,7 @@ def _app(regions: int) -> str:
                   "    Only prose here: it is never a target.",
                   '    """',
                   "    # a comment line",
-                  f"    start = Point({n}, 0)",
+                  f"    start = Point({n}, 0)  ",  # trailing spaces stay in the file
                   f"    total = sum(len(p) for p in points) + {n}",
                   f"    return distance(start, Point(total, {n})) + os.sep.count('/')",
                   ""]
