@@ -91,6 +91,6 @@ def run_candidates(run: Run, repositories: dict[str, Repository], settings: Sett
             output.append(record)
             progress.tick()
         engine.index.set_file(path, source.text)
-        for copy in copies:
-            engine.index.refresh_file(copy)
+        for copy in copies:  # same digest: the same text
+            engine.index.set_file(str(copy), source.text)
     return progress.done
