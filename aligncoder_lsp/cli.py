@@ -1,4 +1,4 @@
-"""Command line: ``aligncoder-lsp serve | complete | doctor``."""
+"""Command line: ``aligncoder-lsp serve | complete | eval | calibrate | train | index | doctor | bench``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,39 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--dump", type=Path, help="also write the collected features and scores")
     calibrate.set_defaults(run=_calibrate)
 
+    train = commands.add_parser("train", help="train the retriever on repositories (phases run separately, resumably)")
+    phases = train.add_subparsers(dest="phase", metavar="PHASE", required=True)
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("--out", type=Path, default=Path("aligncoder-train"),
+                             help="the run's folder (default ./aligncoder-train)")
+    corpus = argparse.ArgumentParser(add_help=False)
+    corpus.add_argument("--repos", type=Path, nargs="+", metavar="PATH",
+                        help="repository folders or tarballs (mine: default the current folder; later phases: "
+                             "default the sources in the run's manifest)")
+    sharded = argparse.ArgumentParser(add_help=False)
+    sharded.add_argument("--shard", default="0/1", help="this machine's share i/n of the holes (default 0/1)")
+    sharded.add_argument("--limit", type=int, help="stop after N holes")
+    sharded.add_argument("--log-every", type=int, default=10, help="a progress line every N holes")
+    mine = phases.add_parser("mine", parents=[common, run_options, corpus], help="cut self-supervised holes")
+    mine.add_argument("--holes", type=int, default=500, help="holes over all repositories (default 500)")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--held-out", type=float, default=0.2, help="share of repositories held out (default 0.2)")
+    mine.add_argument("--held-out-repo", action="append", default=[], metavar="NAME",
+                      help="hold out this repository (repeatable; instead of a seeded draw)")
+    mine.add_argument("--exclude-like", type=Path, nargs="+", default=[], metavar="PATH",
+                      help="folders or tarballs (e.g. benchmark snapshots) whose file texts are never targets")
+    mine.set_defaults(run=_train_mine)
+    candidates = phases.add_parser("candidates", parents=[common, run_options, corpus, sharded],
+                                   help="coarse candidates, rendered, and the sampler's drafts for each hole")
+    candidates.set_defaults(run=_train_candidates)
+    score = phases.add_parser("score", parents=[common, run_options, corpus, sharded],
+                              help="reward of each candidate: the generator's log-likelihood of the target")
+    score.add_argument("--window-tokens", type=int, default=384,
+                       help="tokens of in-file code before the cursor in the scored prompt (default 384)")
+    score.set_defaults(run=_train_score)
+    status = phases.add_parser("status", parents=[common, run_options], help="progress of a run")
+    status.set_defaults(run=_train_status)
+
     index = commands.add_parser("index", parents=[common], help="build or refresh the index of a workspace")
     index.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="workspace folder(s)")
     index.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -120,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
-    if getattr(args, "command", None) == "serve":
+    if getattr(args, "command", None) in ("serve", "train"):
         level = min(level, logging.INFO)
     handler: logging.Handler
     if getattr(args, "log_file", None):
@@ -218,6 +251,74 @@ def _calibrate(args: argparse.Namespace) -> int:
     from aligncoder_lsp.evaluation import calibrate
 
     return calibrate.main(args, load_settings(args))
+
+
+def _train_mine(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.pipeline import ModelUnavailable, load_generator
+    from aligncoder_lsp.training.corpus import Repository, unique_names
+    from aligncoder_lsp.training.mine import MineSettings, run_mine
+    from aligncoder_lsp.training.store import Run, RunError
+
+    settings = load_settings(args)
+    try:
+        repositories = unique_names([Repository.from_path(p) for p in args.repos or [Path.cwd()]])
+        exclude_like = [Repository.from_path(p) for p in args.exclude_like]
+        model = load_generator(settings)  # targets are measured in its tokens
+        summary = run_mine(Run(args.out), repositories, settings,
+                           MineSettings(args.holes, args.seed, args.held_out, args.held_out_repo),
+                           model.count_tokens, exclude_like, model.path.name)
+    except (RunError, ModelUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_phase(args: argparse.Namespace, phase) -> int:
+    """Run a sharded phase over the run's repositories."""
+    from aligncoder_lsp.pipeline import ModelUnavailable
+    from aligncoder_lsp.training.corpus import Repository, unique_names
+    from aligncoder_lsp.training.store import Run, RunError, Shard
+
+    run = Run(args.out)
+    try:
+        shard = Shard.parse(args.shard)
+        sources = args.repos or [Path(entry["source"]) for entry in run.manifest()["repositories"]]
+        repositories = {repository.name: repository for repository in
+                        unique_names([Repository.from_path(p) for p in sources])}
+        done = phase(run, repositories, load_settings(args), shard)
+    except (RunError, ModelUnavailable, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({"holes_done_now": done, **run.status()}, indent=2))
+    return 0
+
+
+def _train_candidates(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.training.candidates import run_candidates
+
+    return _train_phase(args, lambda run, repositories, settings, shard: run_candidates(
+        run, repositories, settings, shard, args.limit, args.log_every))
+
+
+def _train_score(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.pipeline import load_generator
+    from aligncoder_lsp.training.score import run_score
+
+    return _train_phase(args, lambda run, repositories, settings, shard: run_score(
+        run, repositories, settings, load_generator(settings), shard, args.window_tokens,
+        args.limit, args.log_every))
+
+
+def _train_status(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.training.store import Run, RunError
+
+    try:
+        print(json.dumps(Run(args.out).status(), indent=2))
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _index(args: argparse.Namespace) -> int:

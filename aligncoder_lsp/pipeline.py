@@ -21,9 +21,10 @@ from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, embedded_retriever
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
-from aligncoder_lsp.models.prompts import head_within, heal_trailing_space, render_context, tail_within
+from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
+    tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
-from aligncoder_lsp.retrieval.coarse import coarse_retrieve, query_from_prefix, rank_dependencies
+from aligncoder_lsp.retrieval.coarse import coarse_candidates
 from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
 from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_features
 
@@ -93,6 +94,14 @@ class Completion:
     trace: Trace
 
 
+def load_generator(settings: Settings) -> LlamaModel:
+    """The configured generator (the embedded Gemma-3-270M unless a GGUF is given)."""
+    model = settings.model
+    path = check_gguf(Path(model.generator).expanduser()) if model.generator else \
+        embedded_generator(settings.resolved_cache_dir())
+    return LlamaModel(path, model.n_ctx, settings.threads(), model.n_gpu_layers)
+
+
 class CompletionEngine:
     """Owns the models; call :meth:`complete` from one worker thread only.
 
@@ -115,10 +124,7 @@ class CompletionEngine:
     def generator(self) -> LlamaModel:
         """The loaded generator model (loaded on first use)."""
         if self._generator is None:
-            model = self.settings.model
-            path = check_gguf(Path(model.generator).expanduser()) if model.generator else \
-                embedded_generator(self.settings.resolved_cache_dir())
-            self._generator = LlamaModel(path, model.n_ctx, self.settings.threads(), model.n_gpu_layers)
+            self._generator = load_generator(self.settings)
         return self._generator
 
     def drafter(self) -> Drafter:
@@ -202,7 +208,7 @@ class CompletionEngine:
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
         completion = self.settings.completion
-        code = tail_within(heal_trailing_space(prefix)[0], completion.prefix_tokens, model.count_tokens)
+        code = code_window(prefix, completion.prefix_tokens, model.count_tokens)[0]
         after = ""
         if model.fim is not None and completion.suffix_tokens > 0 and suffix.strip():
             after = head_within(suffix[: completion.suffix_tokens * 8], completion.suffix_tokens, model.count_tokens)
@@ -236,26 +242,14 @@ class CompletionEngine:
     def _context(self, job: _Job, mode: str, cancel: threading.Event) -> str:
         """Repository context for the prompt (only text before the cursor is looked at)."""
         settings = self.settings.retrieval
-        request, trace, model = job.request, job.trace, job.model
-        query = query_from_prefix(job.prefix, settings.query_lines)
-        dependencies = rank_dependencies(self.index.dependencies(request.path, job.prefix), query, settings.dependencies)
-        coarse = [(s, 0.0, "dependency") for s in dependencies]
+        request, trace = job.request, job.trace
         wanted = settings.top_k if mode == "bm25" else settings.candidates
-        coarse += [(s, score, "bm25") for s, score in coarse_retrieve(self.index, query, wanted, request.path)]
+        query, coarse = coarse_candidates(self.index, request.path, job.prefix, settings, wanted)
         job.clock.lap("coarse")
         if mode == "bm25" or not coarse:
-            return self._render(coarse, request, model, trace)
+            return self.context_block(coarse, request.language, trace)
         if mode == "aligncoder":
-            local = tail_within(job.code, settings.draft_prefix_tokens, model.count_tokens)
-            sampler_prompt = self._render(coarse, request, model, None, settings.draft_context_tokens) + local
-            max_lines = self.settings.completion.max_lines
-            drafts = self.drafter().draft(
-                sampler_prompt, settings.draft_tokens, cancel,
-                should_stop=lambda text: is_complete(text, job.cursor, max_lines),
-                temperature=settings.draft_temperature, top_p=settings.draft_top_p)
-            trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
-            trace.timings_ms["draft_decode"] = round(drafts.generate_ms, 1)
-            trace.drafts = [finish(text, job.cursor) for text in drafts.texts]
+            trace.drafts = self._drafts(job, coarse, cancel)
             job.clock.lap("drafts")
         if cancel.is_set():
             raise Cancelled()
@@ -263,43 +257,68 @@ class CompletionEngine:
                            [score for _, score, _ in coarse], settings.lexical_weight)
         job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
-        return self._render([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request, model, trace)
+        return self.context_block([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request.language, trace)
 
-    def _render(self, ranked: list[tuple[Snippet, float, str]], request: CompletionRequest,
-                model: LlamaModel, trace: Trace | None, budget: int | None = None) -> str:
-        """The best snippets that fit the token ``budget`` (default ``context_tokens``),
-        rendered as a comment block.
-
-        Dependency signatures take at most a third of the budget (a long one is cut to its
-        head), so that code snippets always keep the rest.
-        """
+    def _drafts(self, job: _Job, coarse: list[tuple[Snippet, float, str]], cancel: threading.Event) -> list[str]:
+        """The sampler's drafts of the completion, given the coarse context and the local code."""
         settings = self.settings.retrieval
-        budget = settings.context_tokens if budget is None else budget
-        chosen: list[tuple[str, str]] = []
-        used = dependency_used = 0
-        for snippet, score, source in ranked:
-            if len(chosen) == settings.top_k + settings.dependencies:
-                break
+        local = tail_within(job.code, settings.draft_prefix_tokens, job.model.count_tokens)
+        sampler_prompt = self.context_block(coarse, job.request.language, budget=settings.draft_context_tokens) + local
+        max_lines = self.settings.completion.max_lines
+        drafts = self.drafter().draft(
+            sampler_prompt, settings.draft_tokens, cancel,
+            should_stop=lambda text: is_complete(text, job.cursor, max_lines),
+            temperature=settings.draft_temperature, top_p=settings.draft_top_p)
+        job.trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
+        job.trace.timings_ms["draft_decode"] = round(drafts.generate_ms, 1)
+        return [finish(text, job.cursor) for text in drafts.texts]
+
+    def rerank_inputs(self, request: CompletionRequest, cancel: threading.Event) -> RerankInputs:
+        """What fine retrieval re-ranks for ``request`` in ``aligncoder`` mode: the query,
+        the coarse candidates and the sampler's drafts, selected exactly as serving does
+        (training labels these)."""
+        job = self._start(request, "aligncoder")
+        query, coarse = coarse_candidates(self.index, request.path, job.prefix, self.settings.retrieval,
+                                          self.settings.retrieval.candidates)
+        drafts = self._drafts(job, coarse, cancel) if coarse else []
+        return RerankInputs(query, coarse, drafts)
+
+    def context_pieces(self, ranked: list[tuple[Snippet, float, str]]):
+        """The snippets as the prompt shows them: code with the lines that follow it in its
+        file, signatures as they are (read lazily, as budgeting needs them)."""
+        lines = self.settings.retrieval.continuation_lines
+        for snippet, _, _ in ranked:
             text = snippet.text
             is_dependency = snippet.kind == "dependency"
-            if is_dependency:
-                allowed = min(budget // 3 - dependency_used, budget - used) - 8
-                text = head_within(text, allowed, model.count_tokens) if allowed > 0 else ""
-                if not text.strip():
-                    continue
-            elif settings.continuation_lines > 0:
-                text = "\n".join(filter(None, [text, self.index.continuation(snippet, settings.continuation_lines)]))
-            cost = model.count_tokens(text) + 8
-            if used + cost > budget:
-                continue
-            used += cost
-            dependency_used += cost if is_dependency else 0
-            shown = self.index.relative(snippet.path)
-            chosen.append((shown, text))
-            if trace is not None:
-                trace.snippets.append(SnippetUse(shown, snippet.start + 1, snippet.end, round(score, 3), source))
+            if not is_dependency and lines > 0:
+                text = "\n".join(filter(None, [text, self.index.continuation(snippet, lines)]))
+            yield ContextPiece(self.index.relative(snippet.path), text, is_dependency)
+
+    def context_block(self, ranked: list[tuple[Snippet, float, str]], language: str, trace: Trace | None = None,
+                      budget: int | None = None) -> str:
+        """The best snippets that fit the token ``budget`` (default ``context_tokens``),
+        rendered as the comment block that heads the prompt; what is shown goes to ``trace``."""
+        settings = self.settings.retrieval
+        budget = settings.context_tokens if budget is None else budget
+        chosen = fit_context(self.context_pieces(ranked), budget, settings.top_k + settings.dependencies,
+                             self.generator().count_tokens)
+        if trace is not None:
+            for position, piece in chosen:
+                snippet, score, source = ranked[position]
+                trace.snippets.append(SnippetUse(piece.path, snippet.start + 1, snippet.end, round(score, 3), source))
         # Least relevant first: the best snippet sits closest to the code being completed.
-        return render_context(chosen[::-1], request.language)
+        return render_context([(piece.path, piece.text) for _, piece in chosen[::-1]], language)
+
+
+@dataclass(frozen=True)
+class RerankInputs:
+    query: str
+    candidates: list[tuple[Snippet, float, str]]
+    """(snippet, coarse score, source) with source ``dependency`` or ``bm25``."""
+    drafts: list[str]
+
+    def enhanced_query(self) -> str:
+        return enhanced_query(self.query, self.drafts)
 
 
 @dataclass

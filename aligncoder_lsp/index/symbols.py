@@ -95,6 +95,19 @@ def extract(text: str, language: str) -> FileSymbols:
     return FileSymbols("java", package, _java_imports(root), _definitions(root, language, _java_signature))
 
 
+def skipped_lines(text: str, language: str) -> set[int]:
+    """0-based lines that are not code to complete: the inside of strings and block comments
+    spanning several lines, and of imports (with their first line when the node starts it)."""
+    source = text.split("\n")
+    lines: set[int] = set()
+    for nodes in QueryCursor(_query(language, "skipped")).captures(parse(text, language)).values():
+        for node in nodes:
+            (first, column), last = node.start_point, node.end_point[0]
+            opens_line = first < len(source) and not source[first][:column].strip()
+            lines.update(range(first if opens_line else first + 1, last + 1))
+    return lines
+
+
 def _definitions(root: Node, language: str, render) -> dict[str, Definition]:
     found: dict[str, Definition] = {}
     for match in _matches(root, language, "definitions"):

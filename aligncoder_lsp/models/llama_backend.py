@@ -227,6 +227,128 @@ class Drafts:
     generate_ms: float
 
 
+class LlamaContext:
+    """A low-level llama.cpp context on a loaded model's weights: batched decoding with
+    per-token logits flags, sequence operations, and reuse of the cached token prefix of
+    sequence 0. Owns its KV cache, so the generator's cached prompt is left alone. Use from
+    the model's worker thread only."""
+
+    def __init__(self, model: LlamaModel, sequences: int = 1, batch_tokens: int = PROMPT_CHUNK):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.model = model
+        self.batch_tokens = max(batch_tokens, sequences)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = model.n_ctx
+        params.n_batch = params.n_ubatch = max(512, self.batch_tokens)
+        params.n_seq_max = sequences
+        params.kv_unified = True  # sequences share the prompt's cells
+        params.n_threads = params.n_threads_batch = model.llm.context_params.n_threads
+        self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
+        if self._ctx is None:
+            raise ModelUnavailable("llama.cpp could not create a context")
+        self.memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.batch_tokens, 0, sequences)
+        self.cached: list[int] = []
+        """Tokens of sequence 0 in the KV cache."""
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self._llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self):
+        self.close()
+
+    def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, position, sequence, wants logits) items as one batch."""
+        batch = self._batch
+        batch.n_tokens = len(items)
+        for i, (token, position, sequence, logits) in enumerate(items):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = sequence
+            batch.logits[i] = logits
+        if self._llama_cpp.llama_decode(self._ctx, batch) != 0:
+            raise RuntimeError("llama.cpp failed to decode a batch")
+
+    def logits(self, index: int) -> np.ndarray:
+        """Logits at item ``index`` of the last batch (flagged for logits; -1: the last flagged one)."""
+        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._ctx, index),
+                                     shape=(self.model.vocabulary,))
+
+    def evaluate(self, tokens: list[int], cancel: threading.Event, logits_from: int | None = None,
+                 on_logits: Callable[[int, np.ndarray], None] = lambda position, logits: None) -> int:
+        """Bring sequence 0 to ``tokens``, reusing the longest cached prefix; positions from
+        ``logits_from`` on (default: the last one) get logits, handed to ``on_logits`` as
+        they are decoded. Returns the number of reused tokens."""
+        logits_from = len(tokens) - 1 if logits_from is None else logits_from
+        common = min(_reusable_prefix(self.cached, tokens), logits_from)
+        self._llama_cpp.llama_memory_seq_rm(self.memory, -1, common, -1)
+        self.cached = tokens[:common]
+        for start in range(common, len(tokens), self.batch_tokens):
+            if cancel.is_set():
+                raise Cancelled()
+            chunk = tokens[start:start + self.batch_tokens]
+            self.decode([(token, start + i, 0, start + i >= logits_from) for i, token in enumerate(chunk)])
+            self.cached = tokens[: start + len(chunk)]
+            for i in range(max(0, logits_from - start), len(chunk)):
+                on_logits(start + i, self.logits(i))
+        return common
+
+
+def log_softmax_at(logits: np.ndarray, token: int) -> float:
+    """log P(``token``) under ``logits``."""
+    top = float(logits.max())
+    return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
+
+
+@dataclass
+class TargetScore:
+    logprobs: list[float]
+    """log P of each target token given the prompt and the target tokens before it."""
+    prompt_tokens: int
+    reused_tokens: int
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.logprobs)) if self.logprobs else 0.0
+
+
+class TargetScorer:
+    """Log-likelihood of a target continuation after a prompt, with logits computed only
+    at the positions that predict target tokens (never for the whole prompt)."""
+
+    BATCH_TOKENS = 512
+
+    def __init__(self, model: LlamaModel):
+        self.model = model
+        self._context = LlamaContext(model, 1, self.BATCH_TOKENS)
+
+    def close(self) -> None:
+        self._context.close()
+
+    def score(self, prompt: str, target: str, cancel: threading.Event | None = None) -> TargetScore:
+        """``prompt`` is tokenized as the generator tokenizes a prompt (BOS first, the oldest
+        code dropped when too long) and ``target`` on its own, as generation would produce it."""
+        target_tokens = self.model.tokenize(target)
+        prompt_tokens = self.model.prompt_tokens(prompt, self.model.n_ctx - len(target_tokens) - 1)
+        tokens = prompt_tokens + target_tokens
+        logprobs: list[float] = [0.0] * len(target_tokens)
+
+        def collect(position: int, logits: np.ndarray) -> None:
+            offset = position - len(prompt_tokens) + 1
+            if 0 <= offset < len(target_tokens):
+                logprobs[offset] = log_softmax_at(logits, target_tokens[offset])
+
+        reused = self._context.evaluate(tokens[:-1] if target_tokens else tokens, cancel or threading.Event(),
+                                        len(prompt_tokens) - 1, collect)
+        return TargetScore(logprobs, len(prompt_tokens), reused)
+
+
 class Drafter:
     """``k`` sampled continuations decoded together in one llama.cpp context: the prompt is
     evaluated once (sequence 0), copied to sequences 1..k-1 in the KV cache, and every step
@@ -242,44 +364,17 @@ class Drafter:
         self._llama_cpp = llama_cpp
         self.model = model
         self.k = k
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = model.n_ctx
-        params.n_batch = params.n_ubatch = 512
-        params.n_seq_max = k
-        params.kv_unified = True  # sequences share the prompt's cells
-        params.n_threads = params.n_threads_batch = model.llm.context_params.n_threads
-        self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
-        if self._ctx is None:
-            raise ModelUnavailable("llama.cpp could not create the sampler context")
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(max(PROMPT_CHUNK, k), 0, k)
-        self._cached: list[int] = []
+        self._context = LlamaContext(model, k, PROMPT_CHUNK)
         self._rng = np.random.default_rng(seed)
 
     def close(self) -> None:
-        if self._ctx is not None:
-            self._llama_cpp.llama_batch_free(self._batch)
-            self._llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        self._context.close()
 
-    def __del__(self):
-        self.close()
-
-    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
-        """Decode (token, position, sequence, wants logits) items as one batch."""
-        batch = self._batch
-        batch.n_tokens = len(items)
-        for i, (token, position, sequence, logits) in enumerate(items):
-            batch.token[i] = token
-            batch.pos[i] = position
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = sequence
-            batch.logits[i] = logits
-        if self._llama_cpp.llama_decode(self._ctx, batch) != 0:
-            raise RuntimeError("llama.cpp failed to decode a draft batch")
-
-    def _logits(self, index: int) -> np.ndarray:
-        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.model.vocabulary,))
+    def reseed(self, seed: int) -> None:
+        """Start a fresh random stream: training draws each hole's drafts from its own
+        stream, not from how many holes came before (a reused KV prefix can still move the
+        last digits of the logits)."""
+        self._rng = np.random.default_rng(seed)
 
     def _sample(self, logits: np.ndarray, temperature: float, top_p: float) -> int:
         candidates = np.argpartition(-logits, 64)[:64]
@@ -294,22 +389,14 @@ class Drafter:
     def draft(self, prompt: str, max_tokens: int, cancel: threading.Event,
               should_stop: Callable[[str], bool] = lambda _: False,
               temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
-        llama_cpp = self._llama_cpp
+        llama_cpp, context = self._llama_cpp, self._context
         tokens = self.model.prompt_tokens(prompt, self.model.n_ctx - max_tokens - 1)
         started = time.perf_counter()
-        common = _reusable_prefix(self._cached, tokens)
-        llama_cpp.llama_memory_seq_rm(self._memory, -1, common, -1)
-        self._cached = tokens[:common]
-        for start in range(common, len(tokens), PROMPT_CHUNK):
-            if cancel.is_set():
-                raise Cancelled()
-            chunk = tokens[start:start + PROMPT_CHUNK]
-            self._decode([(token, start + i, 0, start + i == len(tokens) - 1) for i, token in enumerate(chunk)])
-            self._cached = tokens[: start + len(chunk)]
+        common = context.evaluate(tokens, cancel)
         prompt_done = time.perf_counter()
-        first = self._logits(-1).copy()
+        first = context.logits(-1).copy()
         for sequence in range(1, self.k):
-            llama_cpp.llama_memory_seq_cp(self._memory, 0, sequence, -1, -1)
+            llama_cpp.llama_memory_seq_cp(context.memory, 0, sequence, -1, -1)
         outputs: list[list[int]] = [[] for _ in range(self.k)]
         texts = [""] * self.k
         live = []
@@ -322,17 +409,17 @@ class Drafter:
             if cancel.is_set():
                 raise Cancelled()
             position = len(tokens) + step
-            self._decode([(outputs[s][-1], position, s, True) for s in live])
+            context.decode([(outputs[s][-1], position, s, True) for s in live])
             still = []
             for row, sequence in enumerate(live):
-                token = self._sample(self._logits(row), temperature, top_p)
+                token = self._sample(context.logits(row), temperature, top_p)
                 if self._accept(sequence, token, outputs, texts, should_stop):
                     still.append(sequence)
             live = still
             step += 1
         for sequence in range(1, self.k):
-            llama_cpp.llama_memory_seq_rm(self._memory, sequence, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self._memory, 0, len(tokens), -1)
+            llama_cpp.llama_memory_seq_rm(context.memory, sequence, -1, -1)
+        llama_cpp.llama_memory_seq_rm(context.memory, 0, len(tokens), -1)
         return Drafts(texts, len(tokens), common, (prompt_done - started) * 1000,
                       (time.perf_counter() - prompt_done) * 1000)
 

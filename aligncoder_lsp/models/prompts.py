@@ -7,7 +7,8 @@ a long token prefix (the KV cache is reused) whenever the context did not change
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 COMMENT = {"python": "#", "java": "//"}
 
@@ -24,6 +25,49 @@ def render_context(snippets: list[tuple[str, str]], language: str) -> str:
         out.append(f"{mark} --- {path}")
         out.extend(f"{mark} {line}".rstrip() for line in text.split("\n"))
     return "\n".join(out) + "\n\n"
+
+
+@dataclass(frozen=True)
+class ContextPiece:
+    """A candidate for the context block: its path as shown and its text as the prompt
+    would show it (a code snippet with the lines that follow it, or a signature)."""
+
+    path: str
+    text: str
+    dependency: bool = False
+
+
+PIECE_OVERHEAD = 8
+"""Tokens a piece costs beyond its text (its path line and comment marks)."""
+
+
+def fit_context(pieces: Iterable[ContextPiece], budget: int, limit: int,
+                count: Callable[[str], int]) -> list[tuple[int, ContextPiece]]:
+    """The pieces, best first, that fit ``budget`` tokens, at most ``limit`` of them, as
+    (position in ``pieces``, piece as shown).
+
+    Dependency signatures take at most a third of the budget (a long one is cut to its
+    head), so that code snippets always keep the rest. ``pieces`` is read lazily and only
+    as far as needed.
+    """
+    chosen: list[tuple[int, ContextPiece]] = []
+    used = dependency_used = 0
+    for position, piece in enumerate(pieces):
+        if len(chosen) == limit:
+            break
+        text = piece.text
+        if piece.dependency:
+            allowed = min(budget // 3 - dependency_used, budget - used) - PIECE_OVERHEAD
+            text = head_within(text, allowed, count) if allowed > 0 else ""
+            if not text.strip():
+                continue
+        cost = count(text) + PIECE_OVERHEAD
+        if used + cost > budget:
+            continue
+        used += cost
+        dependency_used += cost if piece.dependency else 0
+        chosen.append((position, ContextPiece(piece.path, text, piece.dependency)))
+    return chosen
 
 
 def tail_within(text: str, budget: int, count: Callable[[str], int], granularity: int = 16) -> str:
@@ -71,6 +115,14 @@ def _first_line_within(text: str, starts: list[int], budget: int, count: Callabl
         else:
             low = middle + 1
     return low
+
+
+def code_window(prefix: str, budget: int, count: Callable[[str], int]) -> tuple[str, str]:
+    """The code before the cursor as the prompt shows it (the tail of ``prefix`` within
+    ``budget`` tokens, trailing spaces after code healed off) and the healed-off spaces,
+    which the model is left to produce."""
+    healed, spaces = heal_trailing_space(prefix)
+    return tail_within(healed, budget, count), spaces
 
 
 def heal_trailing_space(prefix: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from aligncoder_lsp.config import RetrievalSettings
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.tokenize import code_tokens
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
@@ -25,6 +26,18 @@ def query_from_prefix(prefix: str, lines: int = 20) -> str:
 def coarse_retrieve(index: WorkspaceIndex, query: str, k: int, current_path: str) -> list[tuple[Snippet, float]]:
     """Top-k base snippets from files other than the one being completed."""
     return index.search(query, k, exclude_path=current_path)
+
+
+def coarse_candidates(index: WorkspaceIndex, path: str, prefix: str, settings: RetrievalSettings,
+                      wanted: int) -> tuple[str, list[tuple[Snippet, float, str]]]:
+    """The retrieval query for a cursor after ``prefix`` in ``path`` and what it retrieves,
+    as (snippet, score, source): the best dependency signatures first, then the top
+    ``wanted`` BM25 snippets of other files. Serving and training both select here."""
+    query = query_from_prefix(prefix, settings.query_lines)
+    dependencies = rank_dependencies(index.dependencies(path, prefix), query, settings.dependencies)
+    coarse = [(s, 0.0, "dependency") for s in dependencies]
+    coarse += [(s, score, "bm25") for s, score in coarse_retrieve(index, query, wanted, path)]
+    return query, coarse
 
 
 def rank_dependencies(snippets: list[Snippet], query: str, k: int = 2) -> list[Snippet]:

@@ -76,7 +76,7 @@ def test_dependency_signatures_keep_to_their_budget(engine):
     assert dependencies
     model = engine.generator()
     ranked = [(s, 0.0, "dependency") for s in dependencies]
-    context = engine._render(ranked, request, model, None, budget=90)
+    context = engine.context_block(ranked, request.language, budget=90)
     assert context and model.count_tokens(context) <= 30 + 40  # the header and path lines
     for snippet in dependencies:  # what is shown is the head of a signature
         shown = [block for block in context.split("# --- ")[1:] if block.startswith(engine.index.relative(snippet.path))]
