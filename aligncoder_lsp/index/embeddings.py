@@ -148,13 +148,6 @@ class VectorStore:
         self._matrix: np.ndarray | None = None
         self._rows: list[int] = []
 
-    def __getstate__(self):
-        return {"vectors": self.vectors}
-
-    def __setstate__(self, state):
-        self.__init__()
-        self.vectors = state["vectors"]
-
     def __contains__(self, key: bytes) -> bool:
         return key in self.vectors
 
