@@ -241,45 +241,39 @@ def _file_row(path: str, record: FileRecord) -> tuple:
 
 def _file_record(row: tuple) -> FileRecord:
     path, mtime, size, snippets_json, symbols_json = row
-    _expect(isinstance(path, str), "path")
+    _expect(type(path) is str and type(snippets_json) is str, "path or snippets")
     if mtime is None and size is None:
         disk = None
     else:
         _expect(type(mtime) is int and type(size) is int, "mtime and size")
         disk = (mtime, size)
-    _expect(isinstance(snippets_json, str), "snippets")
     snippets, tokens = [], []
-    for item in json.loads(snippets_json):
-        _expect(isinstance(item, list) and len(item) == 6, "snippet")
-        start, end, text, kind, symbol, joined = item
-        _expect(_ints(start, end) and _strs(text, kind, symbol, joined), "snippet fields")
+    for start, end, text, kind, symbol, joined in json.loads(snippets_json):
+        _expect(type(start) is int and type(end) is int and type(text) is str and type(kind) is str
+                and type(symbol) is str and type(joined) is str, "snippet fields")
         snippets.append(Snippet(path, start, end, text, kind, symbol))
         tokens.append(joined.split(" ") if joined else [])
     symbols = None if symbols_json is None else _symbols_from_json(json.loads(symbols_json))
     return FileRecord(disk, snippets, tokens, symbols)
 
 
-def _symbols_json(symbols: FileSymbols) -> dict:
-    return {"language": symbols.language, "package": symbols.package,
-            "imports": [[i.module, i.name, i.alias, i.static] for i in symbols.imports],
-            "definitions": [[d.name, d.kind, d.start, d.end, d.signature] for d in symbols.definitions.values()]}
+def _symbols_json(symbols: FileSymbols) -> list:
+    return [symbols.language, symbols.package, [[i.module, i.name, i.alias, i.static] for i in symbols.imports],
+            [[d.name, d.kind, d.start, d.end, d.signature] for d in symbols.definitions.values()]]
 
 
 def _symbols_from_json(data) -> FileSymbols:
-    _expect(isinstance(data, dict), "symbols")
-    language, package = data["language"], data["package"]
-    _expect(_strs(language, package), "language and package")
+    language, package, import_items, definition_items = data
+    _expect(type(language) is str and type(package) is str, "language and package")
     imports = []
-    for item in data["imports"]:
-        _expect(isinstance(item, list) and len(item) == 4, "import")
-        module, name, alias, static = item
-        _expect(isinstance(module, str) and _optional_strs(name, alias) and isinstance(static, bool), "import fields")
+    for module, name, alias, static in import_items:
+        _expect(type(module) is str and (name is None or type(name) is str)
+                and (alias is None or type(alias) is str) and type(static) is bool, "import fields")
         imports.append(Import(module, name, alias, static))
     definitions = {}
-    for item in data["definitions"]:
-        _expect(isinstance(item, list) and len(item) == 5, "definition")
-        name, kind, start, end, signature = item
-        _expect(_strs(name, kind, signature) and _ints(start, end), "definition fields")
+    for name, kind, start, end, signature in definition_items:
+        _expect(type(name) is str and type(kind) is str and type(start) is int and type(end) is int
+                and type(signature) is str, "definition fields")
         definitions[name] = Definition(name, kind, start, end, signature)
     return FileSymbols(language, package, imports, definitions)
 
@@ -298,15 +292,3 @@ def _vectors(rows) -> dict[bytes, np.ndarray]:
 def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise ValueError(f"unexpected {what}")
-
-
-def _ints(*values) -> bool:
-    return all(type(value) is int for value in values)
-
-
-def _strs(*values) -> bool:
-    return all(isinstance(value, str) for value in values)
-
-
-def _optional_strs(*values) -> bool:
-    return all(value is None or isinstance(value, str) for value in values)

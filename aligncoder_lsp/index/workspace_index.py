@@ -256,7 +256,7 @@ class WorkspaceIndex:
                 self._graphs[root].remove_file(relative)
             else:
                 self._graphs[root].set_file(relative, record.symbols)
-        self._dirty.add(path)
+        self._dirty[path] = record
 
     def remove_file(self, path: str) -> None:
         root, relative = self._locate(path)
@@ -268,7 +268,7 @@ class WorkspaceIndex:
             self._disk.pop(path, None)
             if root is not None:
                 self._graphs[root].remove_file(relative)
-            self._dirty.add(path)
+            self._dirty[path] = None
 
     def _drop(self, path: str) -> None:
         for snippet_id in self._by_path.get(path, ()):
@@ -301,7 +301,8 @@ class WorkspaceIndex:
         self._graphs = {root: DependencyGraph() for root in roots}
         self.vectors = VectorStore()
         self._embedded = 0
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, FileRecord | None] = {}
+        """What changed since the last save, by path (None: removed)."""
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -374,40 +375,30 @@ class WorkspaceIndex:
             if store is None:
                 return
             with self._lock:
-                taken, changes = self._take_changes()
-            changes.files = {path: None if entry is None else _record(*entry) for path, entry in taken.items()}
+                changes = self._take_changes()
             try:
                 store.write(changes)
             except CacheError as error:
                 logger.warning("could not save the index cache %s: %s", self.cache_file, error)
                 with self._lock:
-                    self._dirty.update(changes.files)
+                    self._dirty = {**changes.files, **self._dirty}
                     if changes.space == self._space:
                         self._unsaved_vectors.update(key for key in changes.vectors if key in self.vectors)
                         self._evict_spaces |= changes.evict_other_spaces
 
-    def _take_changes(self) -> tuple[dict[str, tuple | None], Changes]:
-        """What changed since the last save (under the lock): each dirty file as its disk
-        stamp, snippets and symbols (None when removed), and the new and dead vectors."""
-        files: dict[str, tuple | None] = {}
-        for path in self._dirty:
-            ids = self._by_path.get(path)
-            if ids is None:
-                files[path] = None
-            else:
-                root, relative = self._locate(path)
-                symbols = self._graphs[root].files.get(relative) if root is not None else None
-                files[path] = (self._disk[path], [self._snippets[i] for i in ids], symbols)
+    def _take_changes(self) -> Changes:
+        """What changed since the last save (under the lock): the dirty files' records, the
+        new vectors, and the vectors no snippet uses any more."""
         stored = self.vectors.vectors
         vectors = {key: stored[key] for key in self._unsaved_vectors if key in stored}
         dead: list[bytes] = []
         if self._prune_vectors:
             dead = [key for key in stored if key not in self._key_counts]
             self.vectors.prune(self._key_counts)
-        changes = Changes({}, self._space, vectors, dead, self._evict_spaces)
-        self._dirty, self._unsaved_vectors = set(), set()
+        changes = Changes(self._dirty, self._space, vectors, dead, self._evict_spaces)
+        self._dirty, self._unsaved_vectors = {}, set()
         self._prune_vectors = self._evict_spaces = False
-        return files, changes
+        return changes
 
     # -- queries -------------------------------------------------------------------------
 
@@ -531,6 +522,3 @@ def _symbols(path: str, text: str) -> FileSymbols | None:
         logger.exception("could not extract symbols of %s", path)
         return None
 
-
-def _record(disk: tuple[int, int] | None, snippets: list[Snippet], symbols: FileSymbols | None) -> FileRecord:
-    return FileRecord(disk, snippets, [code_tokens(snippet.text) for snippet in snippets], symbols)
