@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aligncoder_lsp.config import MODES, Settings
-from aligncoder_lsp.index.embeddings import Encoder, TextEncoder
+from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_identity
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
@@ -105,6 +105,8 @@ class CompletionEngine:
         self.index = index
         self._encoder_type = encoder_type
         self._encoder: TextEncoder | None = None
+        self._encoder_settings: tuple[str, str, int] | None = None
+        self._encoder_lock = threading.Lock()
         self._generator: LlamaModel | None = None
         self._drafter: Drafter | None = None
         self._policy: SelectivePolicy | None = None
@@ -124,10 +126,17 @@ class CompletionEngine:
         return self._drafter
 
     def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            retriever = self.settings.retriever
-            self._encoder = self._encoder_type(retriever.model, retriever.precision, retriever.max_tokens)
-        return self._encoder
+        """The retriever of the current settings; a new one (and its own vectors in the
+        index) when the settings changed."""
+        retriever = self.settings.retriever
+        wanted = (retriever.model, retriever.precision, retriever.max_tokens)
+        with self._encoder_lock:
+            if self._encoder is None or self._encoder_settings != wanted:
+                self.close_encoder()
+                self._encoder = self._encoder_type(*wanted)
+                self._encoder_settings = wanted
+                self.index.use_retriever(retriever_identity(*wanted))
+            return self._encoder
 
     def close_encoder(self) -> None:
         if self._encoder is not None and hasattr(self._encoder, "close"):
@@ -243,7 +252,7 @@ class CompletionEngine:
         if cancel.is_set():
             raise Cancelled()
         ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse],
-                           [score for _, score, _ in coarse], settings.lexical_weight)
+                           [score for _, score, _ in coarse], settings.lexical_weight, cancel)
         job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
         return self._render([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request, model, trace)

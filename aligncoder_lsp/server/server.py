@@ -18,7 +18,7 @@ from pygls.uris import to_fs_path
 
 from aligncoder_lsp import __version__
 from aligncoder_lsp.config import Settings, merge
-from aligncoder_lsp.index.embeddings import EncoderProcess
+from aligncoder_lsp.index.embeddings import BACKGROUND_BATCH, EncoderProcess
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import Completion, CompletionEngine, CompletionRequest
@@ -45,6 +45,8 @@ class AlignCoderServer(LanguageServer):
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self._embedding = False
         self._closing = False
+        self._stop = threading.Event()
+        """Set on shutdown: index builds and change batches return after the file at hand."""
         self.watcher: WorkspaceWatcher | None = None
         self._save_timer: asyncio.TimerHandle | None = None
         self.roots: list[Path] = []
@@ -106,7 +108,11 @@ class AlignCoderServer(LanguageServer):
 
         # Watch first: changes made while the index builds are applied right after it.
         self.spawn(lambda: self.watch_workspace(loop), self.index_executor, "watching the workspace")
-        stats = await self.spawn(lambda: self.index.build(self.roots, report), self.index_executor, "indexing")
+        def build():
+            self.engine.encoder()  # the build loads the vectors of this retriever
+            return self.index.build(self.roots, report, stop=self._stop)
+
+        stats = await self.spawn(build, self.index_executor, "indexing")
         logger.info("indexed %d files, %d snippets in %.2f s (skipped: %s)",
                     stats.files, stats.snippets, stats.seconds, dict(stats.skipped) or "none")
         if progress:
@@ -135,7 +141,7 @@ class AlignCoderServer(LanguageServer):
         encoder = self.engine.encoder()
         token = f"aligncoder/embed/{id(pending)}"
         progress = len(pending) > 64 and await self._begin_progress(token, "Embedding snippets")
-        batch = 16
+        batch = BACKGROUND_BATCH
         for start in range(0, len(pending), batch):
             while self._cancels and not self._closing:  # completions get the CPU first
                 await asyncio.sleep(0.05)
@@ -147,6 +153,8 @@ class AlignCoderServer(LanguageServer):
             except ModelUnavailable as error:
                 self.report_model_error(error)
                 return False
+            if self.engine.encoder() is not encoder:  # the retriever changed: its own vectors from now on
+                return True
             self.index.add_embeddings(list(keys), vectors)
             if progress:
                 done = min(start + batch, len(pending))
@@ -169,7 +177,7 @@ class AlignCoderServer(LanguageServer):
         loop = asyncio.get_running_loop()
 
         def apply() -> None:
-            changed = self.index.apply_changes(paths, skip_path=self.is_open)
+            changed = self.index.apply_changes(paths, skip_path=self.is_open, stop=self._stop)
             if changed:
                 logger.info("applied changes of %d paths on disk (%d files)", len(paths), changed)
                 loop.call_soon_threadsafe(self.schedule_save)
@@ -298,6 +306,7 @@ class AlignCoderServer(LanguageServer):
     def stop_background(self) -> None:
         """Cancel background work while the event loop still runs (on ``shutdown``)."""
         self._closing = True
+        self._stop.set()
         self.cancel_all()
         for future in list(self._tasks):
             future.cancel()
@@ -307,6 +316,7 @@ class AlignCoderServer(LanguageServer):
     def close(self) -> None:
         """Release threads and persist pending index changes (after the event loop ended)."""
         self._closing = True
+        self._stop.set()
         self.cancel_all()
         if self.watcher is not None:
             self.watcher.stop()
