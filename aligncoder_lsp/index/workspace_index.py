@@ -11,6 +11,7 @@ damaged cache, or one written by other code or settings, is rebuilt with a log l
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -18,7 +19,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -314,7 +316,7 @@ class WorkspaceIndex:
 
     def _load(self, roots: list[Path]) -> bool:
         """Fill the tables from the cache; False (and empty tables) when there is none."""
-        with self._io_lock:
+        with self._io_lock, _no_cyclic_gc():
             with self._lock:
                 self._reset(roots)
             self._store, created = self._open_store()
@@ -522,3 +524,15 @@ def _symbols(path: str, text: str) -> FileSymbols | None:
         logger.exception("could not extract symbols of %s", path)
         return None
 
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic collector while a cache load creates objects that live on (it
+    would otherwise scan them over and over: about a quarter of the load time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
