@@ -73,9 +73,6 @@ class Changes:
     dead_vectors: list[bytes]
     evict_other_spaces: bool = False
 
-    def __bool__(self) -> bool:
-        return bool(self.files or self.vectors or self.dead_vectors or self.evict_other_spaces)
-
 
 @cache
 def code_fingerprint() -> str:
@@ -121,7 +118,8 @@ class IndexStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         _check_owned(self.path, stat.S_ISREG, "file")
-        with closing(sqlite3.connect(self.path, timeout=10)) as connection:
+        uri = f"{self.path.absolute().as_uri()}?nofollow=1"  # SQLite itself refuses a symbolic link too
+        with closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             yield connection
@@ -156,7 +154,7 @@ class IndexStore:
                 vectors = _vectors(connection.execute("SELECT key, vector FROM vectors WHERE space = ?", (space,)))
         except sqlite3.Error as error:
             raise CacheError(str(error)) from error
-        except (ValueError, TypeError, KeyError) as error:  # a row this code does not write
+        except (ValueError, TypeError) as error:  # a row this code does not write
             raise CacheError(f"malformed row: {error}") from error
         return files, vectors
 
