@@ -29,9 +29,10 @@ from aligncoder_lsp.models.llama_backend import Cancelled
 
 logger = logging.getLogger(__name__)
 
-BACKGROUND_BATCH = 8
-"""Snippets per background batch: a query waits behind at most one batch (about 0.2 s at
-one thread, 256 tokens; ``aligncoder-lsp bench index`` reports snippets per second)."""
+BACKGROUND_BATCH = 4
+"""Snippets per background batch: a query waits behind at most one batch. At one thread,
+256 tokens, bfloat16, a batch of 4 took 0.15 s (at most 0.26 s; 26 snippets/s), one of 16
+took 0.95 s (17 snippets/s: longer batches pad more)."""
 CANCEL_POLL_SECONDS = 0.02
 
 def text_key(text: str) -> bytes:
