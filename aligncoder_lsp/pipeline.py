@@ -7,7 +7,6 @@ used and how long each step took.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aligncoder_lsp.config import MODES, Settings
-from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, resolve_precision
+from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_identity
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, embedded_retriever
+from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
     tail_within
@@ -117,6 +116,8 @@ class CompletionEngine:
         self.index = index
         self._encoder_type = encoder_type
         self._encoder: TextEncoder | None = None
+        self._encoder_settings: tuple[str, str, int] | None = None
+        self._encoder_lock = threading.Lock()
         self._generator: LlamaModel | None = None
         self._drafter: Drafter | None = None
         self._policy: SelectivePolicy | None = None
@@ -133,28 +134,23 @@ class CompletionEngine:
         return self._drafter
 
     def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            retriever = self.settings.retriever
-            self._encoder = self._encoder_type(retriever.model, retriever.precision, retriever.max_tokens)
-        return self._encoder
+        """The retriever of the current settings; a new one (and its own vectors in the
+        index) when the settings changed."""
+        retriever = self.settings.retriever
+        wanted = (retriever.model, retriever.precision, retriever.max_tokens)
+        with self._encoder_lock:
+            if self._encoder is None or self._encoder_settings != wanted:
+                self.close_encoder()
+                self._encoder = self._encoder_type(*wanted)
+                self._encoder_settings = wanted
+                self.index.use_retriever(retriever_identity(*wanted))
+            return self._encoder
 
     def close_encoder(self) -> None:
         """Release the retriever (the next use loads it again, e.g. after a settings change)."""
         if self._encoder is not None and hasattr(self._encoder, "close"):
             self._encoder.close()
         self._encoder = None
-
-    def retriever_identity(self) -> str:
-        """What snippet vectors depend on: the retriever's files and how it reads snippets
-        (vectors of another retriever live in another space)."""
-        retriever = self.settings.retriever
-        try:
-            folder = Path(retriever.model).expanduser().resolve() if retriever.model else embedded_retriever()
-            weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                             for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
-        except (ModelUnavailable, OSError):
-            folder, weights = Path(retriever.model), []
-        return json.dumps([str(folder), weights, resolve_precision(retriever.precision), retriever.max_tokens])
 
     def policy(self) -> SelectivePolicy:
         if self._policy is None:
@@ -254,7 +250,7 @@ class CompletionEngine:
         if cancel.is_set():
             raise Cancelled()
         ranked = fine_rank(self.encoder(), self.index, enhanced_query(query, trace.drafts), [s for s, _, _ in coarse],
-                           [score for _, score, _ in coarse], settings.lexical_weight)
+                           [score for _, score, _ in coarse], settings.lexical_weight, cancel)
         job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
         return self.context_block([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request.language, trace)

@@ -29,8 +29,13 @@ class BM25:
             self.remove(doc_id)
         counts = Counter(tokens)
         length = sum(counts.values())
+        postings = self._postings
         for token, count in counts.items():
-            self._postings.setdefault(token, {})[doc_id] = count
+            docs = postings.get(token)
+            if docs is None:
+                postings[token] = {doc_id: count}
+            else:
+                docs[doc_id] = count
         self._lengths[doc_id] = length
         self._vocabulary[doc_id] = tuple(counts)
         self._total_length += length

@@ -9,6 +9,8 @@ untrained encoder does not throw away a strong lexical match.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from aligncoder_lsp.index.embeddings import TextEncoder
@@ -32,14 +34,16 @@ def enhanced_query(query: str, drafts: list[str] = ()) -> str:
 
 
 def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str, candidates: list[Snippet],
-              lexical: list[float] | None = None, weight: float = 0.0) -> list[tuple[Snippet, float]]:
+              lexical: list[float] | None = None, weight: float = 0.0,
+              cancel: threading.Event | None = None) -> list[tuple[Snippet, float]]:
     """``candidates`` by cosine similarity to ``query`` (stored vectors reused), plus
-    ``weight`` times their ``lexical`` scores scaled to [0, 1]."""
+    ``weight`` times their ``lexical`` scores scaled to [0, 1]. Raises ``Cancelled`` when
+    ``cancel`` is set while the encoder is busy."""
     if not candidates:
         return []
     vectors = index.vectors_for(candidates)
     missing = [i for i, vector in enumerate(vectors) if vector is None]
-    encoded = encoder.encode([query] + [candidates[i].text for i in missing])
+    encoded = encoder.encode([query] + [candidates[i].text for i in missing], cancel=cancel)
     for row, i in enumerate(missing, 1):
         vectors[i] = encoded[row]
     scores = np.stack(vectors) @ encoded[0]

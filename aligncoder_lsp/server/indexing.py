@@ -19,6 +19,7 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from aligncoder_lsp.config import Applies
+from aligncoder_lsp.index.embeddings import BACKGROUND_BATCH
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.workspace.files import is_indexable, language_of
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EMBED_BATCH = 16
 SAVE_DELAY = 10.0
 """Seconds of quiet before index changes are written to the cache."""
 
@@ -55,7 +55,6 @@ class IndexFeature:
         self.roots = roots
         if roots:
             self.index.cache_file = self.index.cache_file_for(self.server.settings.resolved_cache_dir(), roots)
-        self.index.use_retriever(self.server.engine.retriever_identity())
 
     async def build(self) -> None:
         """Index every workspace folder (from the cache where it is current), then keep
@@ -75,8 +74,12 @@ class IndexFeature:
 
         # Watch first: changes made while the index builds are applied right after it.
         server.spawn(lambda: self._watch(loop), self.executor, "watching the workspace")
-        stats = await server.spawn(lambda: self.index.build(self.roots, report, stop=self.stopping),
-                                   self.executor, "indexing")
+
+        def build():
+            server.engine.encoder()  # the build loads the stored vectors of this retriever
+            return self.index.build(self.roots, report, stop=self.stopping)
+
+        stats = await server.spawn(build, self.executor, "indexing")
         self.built = True
         logger.info("indexed %d files, %d snippets in %.2f s (skipped: %s)",
                     stats.files, stats.snippets, stats.seconds, dict(stats.skipped) or "none")
@@ -104,10 +107,8 @@ class IndexFeature:
             self.index.save()
 
     def settings_changed(self, applies: set[Applies]) -> None:
-        """Apply changed index settings (a rebuild) and retriever settings (a new vector
-        space, embedded in the background)."""
-        if Applies.RETRIEVER in applies:
-            self.index.use_retriever(self.server.engine.retriever_identity())
+        """Apply changed index settings (a rebuild) and retriever settings (the next
+        encoder use switches to its own vector space, embedded in the background)."""
         if Applies.INDEX in applies and self.roots and self.server.settings.retrieval.enabled:
             logger.info("index settings changed: re-indexing the workspace")
             self.server.track(asyncio.get_running_loop().create_task(self.build()), "re-indexing")
@@ -221,26 +222,28 @@ class IndexFeature:
 
     async def _embed(self, pending: list[tuple[bytes, str]]) -> bool:
         server = self.server
-        encoder = server.engine.encoder()
+        encoder = await server.spawn(server.engine.encoder, self.embed_executor, "starting the retriever")
         token = f"aligncoder/embed/{id(pending)}"
         progress = len(pending) > 64 and await server.begin_progress(token, "Embedding snippets")
 
         def embed(keys: list[bytes], texts: list[str]) -> None:
-            self.index.add_embeddings(keys, encoder.encode(texts))
+            vectors = encoder.encode(texts)
+            if server.engine.encoder() is encoder:  # else the retriever changed: its own vectors from now on
+                self.index.add_embeddings(keys, vectors)
 
-        for start in range(0, len(pending), EMBED_BATCH):
+        for start in range(0, len(pending), BACKGROUND_BATCH):
             while server.completions_running() and not self.stopping.is_set():  # completions get the CPU first
                 await asyncio.sleep(0.05)
             if self.stopping.is_set():
                 return False
-            keys, texts = zip(*pending[start:start + EMBED_BATCH])
+            keys, texts = zip(*pending[start:start + BACKGROUND_BATCH])
             try:
                 await server.spawn(lambda: embed(list(keys), list(texts)), self.embed_executor, "embedding")
             except ModelUnavailable as error:
                 server.report_model_error(error)
                 return False
             if progress:
-                done = min(start + EMBED_BATCH, len(pending))
+                done = min(start + BACKGROUND_BATCH, len(pending))
                 server.work_done_progress.report(token, types.WorkDoneProgressReport(
                     message=f"{done}/{len(pending)} snippets", percentage=int(100 * done / len(pending))))
         if progress:

@@ -71,8 +71,8 @@ class AlignCoderServer(LanguageServer):
         if Applies.MODEL in applies:
             self.model_error = None
             self.model_executor.submit(self.engine.unload)
-        if Applies.RETRIEVER in applies:
-            self.engine.close_encoder()
+        if Applies.RETRIEVER in applies:  # after the batch at hand, so that it does not fail
+            self.spawn(self.engine.close_encoder, self.indexing.embed_executor, "restarting the retriever")
         if applies & {Applies.RETRIEVER, Applies.INDEX}:
             self.indexing.settings_changed(applies)
 

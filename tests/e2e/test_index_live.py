@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from aligncoder_lsp.config import IndexSettings
+from aligncoder_lsp.config import IndexSettings, RetrieverSettings
 from aligncoder_lsp.evaluation.rpc import RpcPeer
+from aligncoder_lsp.index.embeddings import retriever_identity
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 
 
@@ -83,6 +84,8 @@ def test_live_index_through_the_server(workspace, tmp_path):
     finally:
         peer.close()
     reloaded = WorkspaceIndex(IndexSettings(), cache_file)
+    retriever = RetrieverSettings()
+    reloaded.use_retriever(retriever_identity(retriever.model, retriever.precision, retriever.max_tokens))
     assert reloaded.build([workspace]).loaded_from_cache
     assert reloaded.embedded_count == reloaded.snippet_count
 

@@ -1,5 +1,7 @@
 """The dense encoder (real embedded model) and the vector store."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from aligncoder_lsp.config import IndexSettings
 from aligncoder_lsp.index.embeddings import Encoder, VectorStore, text_key
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
+from aligncoder_lsp.models.llama_backend import Cancelled
 from tests.conftest import FIXTURES
 
 
@@ -51,3 +54,11 @@ def test_store_prunes_and_searches():
 def test_bad_retriever_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ModelUnavailable, match="no sentence-transformers model"):
         Encoder(str(tmp_path)).encode(["x"])
+
+
+def test_a_cancelled_request_is_not_encoded(encoder):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        encoder.encode(["def f(): pass"], cancel=cancel)
+    assert encoder.encode(["def f(): pass"], cancel=threading.Event()).shape == (1, encoder.dimension)

@@ -20,18 +20,6 @@ def _found(index: WorkspaceIndex, query: str) -> set[str]:
     return {index.relative(snippet.path) for snippet, _ in index.search(query, 10)}
 
 
-@pytest.fixture
-def workspace(tmp_path):
-    root = tmp_path / "ws"
-    (root / "pkg").mkdir(parents=True)
-    (root / "pkg" / "__init__.py").write_text("from .alpha import alpha_function\n")
-    (root / "pkg" / "alpha.py").write_text("def alpha_function(x):\n    return x + 1\n")
-    (root / "Beta.java").write_text("class Beta { int betaMethod() { return 2; } }\n")
-    for number in range(8):  # enough documents for BM25's idf to rank rare names above zero
-        (root / "pkg" / f"filler{number}.py").write_text(f"value_{number} = {number}\n")
-    return root
-
-
 def _index(root: Path, cache: Path) -> WorkspaceIndex:
     index = WorkspaceIndex(IndexSettings(), WorkspaceIndex.cache_file_for(cache, [root]))
     index.build([root])

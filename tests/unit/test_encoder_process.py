@@ -1,0 +1,101 @@
+"""The retriever process: one pool however many threads ask, cancellable waits, and one
+embedding space per retriever (fakes stand in for the child process and the model)."""
+
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from aligncoder_lsp.config import IndexSettings, Settings
+from aligncoder_lsp.index import embeddings
+from aligncoder_lsp.index.embeddings import EncoderProcess, retriever_identity
+from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from aligncoder_lsp.models.llama_backend import Cancelled
+from aligncoder_lsp.pipeline import CompletionEngine
+from tests.conftest import FIXTURES
+
+
+class _Pool:
+    """Stands in for the ProcessPoolExecutor; slow to start, like a spawned process."""
+
+    started = 0
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(0.05)
+        type(self).started += 1
+        self.futures: list[Future] = []
+
+    def submit(self, function, texts):
+        future = Future()
+        if self.answer:
+            future.set_result(np.ones((len(texts), 3), np.float32))
+        self.futures.append(future)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    class Pool(_Pool):
+        answer = True
+
+    monkeypatch.setattr(embeddings, "ProcessPoolExecutor", Pool)
+    return Pool
+
+
+def test_threads_share_one_retriever_process(pool):
+    encoder = EncoderProcess()
+    threads = [threading.Thread(target=encoder.encode, args=(["x"],)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert pool.started == 1
+
+
+def test_a_waiting_encode_is_cancelled(pool):
+    pool.answer = False  # the worker is busy with a background batch
+    encoder = EncoderProcess()
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        encoder.encode(["query"], cancel=cancel)
+    assert time.monotonic() - started < 5
+    assert encoder._pool.futures[0].cancelled()
+
+
+def test_retriever_identity_names_the_embedding_space(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, weights in ((first, b"1234"), (second, b"123456")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+    assert retriever_identity(str(first), "float32", 256) == retriever_identity(str(first), "float32", 256)
+    identities = {retriever_identity(str(first), "float32", 256), retriever_identity(str(second), "float32", 256),
+                  retriever_identity(str(first), "bfloat16", 256), retriever_identity(str(first), "float32", 128)}
+    assert len(identities) == 4
+
+
+def test_changing_the_retriever_setting_switches_the_vectors(tmp_path):
+    class Fake:
+        def __init__(self, folder, precision, max_tokens):
+            self.folder = folder
+
+        def encode(self, texts, cancel=None):
+            return np.ones((len(texts), 3), np.float32) / np.sqrt(3)
+
+    settings = Settings()
+    index = WorkspaceIndex(IndexSettings())
+    engine = CompletionEngine(settings, index, Fake)
+    index.build([FIXTURES / "workspace"])
+    encoder = engine.encoder()
+    keys, texts = zip(*index.pending_embeddings(10**6))
+    index.add_embeddings(list(keys), encoder.encode(list(texts)))
+    assert index.embedded_count == index.snippet_count and engine.encoder() is encoder
+    settings.retriever.model = str(tmp_path)
+    assert engine.encoder() is not encoder and engine.encoder().folder == str(tmp_path)
+    assert index.embedded_count == 0
