@@ -233,14 +233,14 @@ def test_stop_ends_a_build_promptly_and_keeps_what_was_done(workspace, tmp_path)
 
 def test_oversized_buffer_is_not_indexed(workspace, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    index = WorkspaceIndex(IndexSettings(max_file_bytes=200))
+    index = WorkspaceIndex(IndexSettings(max_file_bytes=1024))
     index.build([workspace])
     alpha = str(workspace / "pkg" / "alpha.py")
-    huge = "def hugeonly():\n    pass\n" + "x = 1\n" * 100
+    huge = "def hugeonly():\n    pass\n" + "x = 1\n" * 200
     index.set_file(alpha, huge)
     index.set_file(alpha, huge + "y = 2\n")
     assert alpha not in index._by_path and index.search("hugeonly", 3) == []
-    assert caplog.text.count("larger than 200 bytes") == 1
+    assert caplog.text.count("larger than 1024 bytes") == 1
     index.set_file(alpha, "def smallonly():\n    pass\n")
     assert {s.path for s, _ in index.search("smallonly", 3)} == {alpha}
 
