@@ -243,7 +243,8 @@ def _walk_names(root: Path, folder: str, skipped) -> Iterator[str]:
 
 
 def is_indexable(root: Path, path: Path, include: list[str] = (), exclude: list[str] = ()) -> bool:
-    """Whether ``path`` (a file under ``root``) is a source file discovery would yield.
+    """Whether ``path`` (a file under ``root``) is a source file discovery would yield (or,
+    for a buffer not yet saved, would yield once saved).
     Cheap enough to call for every opened or changed document: in a git work tree the
     listing is cached and taken again only when ignore rules or the git index change, or
     a file appears that the listing cannot know about."""
@@ -253,12 +254,14 @@ def is_indexable(root: Path, path: Path, include: list[str] = (), exclude: list[
     relative = _relative_to(os.path.abspath(path), resolved) or _relative_to(os.path.abspath(path),
                                                                               os.path.abspath(root))
     rules = _user_rules(tuple(include), tuple(exclude))
-    if (relative is None or rules.excluded(relative) or _through_link(resolved, relative)
-            or not _is_regular(os.path.join(resolved, relative))):
+    if relative is None or rules.excluded(relative) or _through_link(resolved, relative):
+        return False
+    on_disk = os.path.lexists(os.path.join(resolved, relative))
+    if on_disk and not _is_regular(os.path.join(resolved, relative)):
         return False
     if rules.forced(relative):
         return True
-    listing = git_listing(Path(resolved), _worth_listing)
+    listing = git_listing(Path(resolved), _worth_listing) if on_disk else None  # git lists only files on disk
     if listing is not None:
         try:
             return listing.lists(relative)

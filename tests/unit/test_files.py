@@ -306,3 +306,15 @@ def test_a_repository_that_goes_away_falls_back_to_the_rules(repo):
     assert not is_indexable(repo, repo / "gen_a.py")
     assert is_indexable(repo, repo / "sub" / "gen_keep.py")
     assert "sub/gen_keep.py" in _relative(repo, discover(repo))
+
+
+def test_a_buffer_not_yet_saved_follows_the_ignore_rules(tmp_path):
+    """Git lists only files on disk; an editor's new, unsaved file is judged by the rules."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q")
+    (root / ".gitignore").write_text("build/\n")
+    (root / "kept.py").write_text("x = 1\n")
+    assert is_indexable(root, root / "kept.py")
+    assert is_indexable(root, root / "new" / "unsaved.py")
+    assert not is_indexable(root, root / "build" / "unsaved.py")
