@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 
+import attrs
+
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
@@ -55,8 +57,8 @@ def run_candidates(run: Run, repositories: dict[str, Repository], settings: Sett
                    limit: int | None = None, log_every: int = 10) -> int:
     """Make the candidates of the shard's holes not done yet; returns how many were made."""
     manifest = run.manifest()
-    run.settle("candidates", {"retrieval": {k: v for k, v in vars(settings.retrieval).items() if k not in SERVING_ONLY},
-                              "completion": vars(settings.completion), "block_lines": settings.index.block_lines,
+    run.settle("candidates", {"retrieval": {k: v for k, v in attrs.asdict(settings.retrieval).items() if k not in SERVING_ONLY},
+                              "completion": attrs.asdict(settings.completion), "block_lines": settings.index.block_lines,
                               "generator": settings.model.generator})
     done = set(run.records(CANDIDATES))
     todo = [hole for hole in run.holes(shard) if hole.id not in done]
