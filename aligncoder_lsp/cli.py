@@ -193,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
     logger.info("server stopped (exit code %d)", exit_code)
-    return exit_code
+    transport.end_process(exit_code)  # everything is saved
 
 
 def _complete(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@
   (write on disk -> watchdog -> index -> ``aligncoder.search`` finds it): p50 / p95;
 * embedding throughput: float32 against the configured precision at the same maximum
   sequence length, in the same run, with the rankings compared;
-* a synthetic workspace of many files: build time and peak memory (in a child process).
+* a synthetic workspace of many files: build time and peak memory (in a child process),
+  how fast the server answers while it builds that index, and how fast ``exit`` ends it.
 """
 
 from __future__ import annotations
@@ -123,8 +124,61 @@ def large_workspace_figures(root: Path, files: int) -> dict:
         command = [sys.executable, "-m", "aligncoder_lsp", "index", str(target), "--json",
                    "--cache-dir", str(Path(workdir) / "cache")]
         report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        responsive = responsiveness_figures(target, Path(workdir) / "server-cache")
     return {"files": report["files"], "snippets": report["snippets"],
-            "build_s": report["total_seconds"], "peak_rss_mib": report["peak_rss_mib"]}
+            "build_s": report["total_seconds"], "peak_rss_mib": report["peak_rss_mib"], **responsive}
+
+
+def responsiveness_figures(root: Path, cache: Path) -> dict:
+    """While the server builds (and then saves) the index of ``root`` from scratch: how fast
+    a command and a cancelled request are answered; and how long ``exit`` takes to end the
+    process in the middle of a build and once it is idle."""
+    def exit_seconds(peer: RpcPeer) -> float:
+        started = time.perf_counter()
+        peer.notify("exit")
+        peer.wait(30)
+        return round(time.perf_counter() - started, 3)
+
+    def building(peer: RpcPeer) -> bool:
+        return not any(n["method"] == "$/progress" and n["params"]["value"]["kind"] == "end" for n in peer.notifications)
+
+    arguments = ("--cache-dir", str(cache), "--model", "/nonexistent.gguf")
+    command_ms, cancelled_ms = [], []
+    peer = RpcPeer(*arguments, stderr=subprocess.DEVNULL)
+    try:
+        peer.initialize(root.as_uri(), {"window": {"workDoneProgress": True}}, {"retriever": {"background": False}})
+        ids = iter(range(10**6))
+        while building(peer):
+            started = time.perf_counter()
+            peer.request("workspace/executeCommand", {"command": "aligncoder.indexStatus", "arguments": []})
+            command_ms.append((time.perf_counter() - started) * 1000)
+            request_id = f"cancelled-{next(ids)}"
+            started = time.perf_counter()
+            peer.send({"id": request_id, "method": "textDocument/completion", "params": {
+                "textDocument": {"uri": (root / "pkg0" / "module0.py").as_uri()}, "position": {"line": 0, "character": 0}}})
+            peer.notify("$/cancelRequest", {"id": request_id})
+            peer.response(request_id)
+            cancelled_ms.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.05)
+        idle_exit = exit_seconds(peer)
+    finally:
+        peer.close()
+    shutil.rmtree(cache, ignore_errors=True)
+    peer = RpcPeer(*arguments, stderr=subprocess.DEVNULL)
+    try:
+        peer.initialize(root.as_uri(), {"window": {"workDoneProgress": True}}, {"retriever": {"background": False}})
+        peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "report")
+        building_exit = exit_seconds(peer)
+    finally:
+        peer.close()
+    return {"during_build": {"requests": len(command_ms),
+                             "command_ms_p50": round(percentile(command_ms, 0.5), 1),
+                             "command_ms_p99": round(percentile(command_ms, 0.99), 1),
+                             "command_ms_max": round(max(command_ms, default=0), 1),
+                             "cancelled_request_ms_p50": round(percentile(cancelled_ms, 0.5), 1),
+                             "cancelled_request_ms_p99": round(percentile(cancelled_ms, 0.99), 1),
+                             "cancelled_request_ms_max": round(max(cancelled_ms, default=0), 1)},
+            "exit_s": {"during_build": building_exit, "idle": idle_exit}}
 
 
 def main(args) -> int:

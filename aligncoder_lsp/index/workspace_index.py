@@ -40,6 +40,11 @@ from aligncoder_lsp.workspace.files import Skip, SourceFile, discover, is_indexa
 
 logger = logging.getLogger(__name__)
 
+FREEZE_EVERY = 500
+"""Files indexed between two ``gc.freeze()`` calls. The index's objects live as long as the
+server; left to the cyclic collector, each full collection walks all of them with the GIL
+held (up to 1.75 s at 50,000 files), stalling every thread, the event loop included."""
+
 Progress = Callable[[int, int], None]
 
 
@@ -135,6 +140,9 @@ class WorkspaceIndex:
                     stats.reindexed += 1
             if progress:
                 progress(done, len(paths))
+            if done % FREEZE_EVERY == 0:
+                gc.freeze()
+        gc.freeze()
         if not stats.stopped:
             for key in set(self._by_path) - seen:
                 self.remove_file(key)
@@ -387,6 +395,9 @@ class WorkspaceIndex:
                     if changes.space == self._space:
                         self._unsaved_vectors.update(key for key in changes.vectors if key in self.vectors)
                         self._evict_spaces |= changes.evict_other_spaces
+                return
+            while changes.files:  # one record at a time: freeing them all at once is one long
+                changes.files.popitem()  # C call with the GIL held (0.34 s at 50,000 files)
 
     def _take_changes(self) -> Changes:
         """What changed since the last save (under the lock): the dirty files' records, the
@@ -540,11 +551,13 @@ def _symbols(path: str, text: str) -> FileSymbols | None:
 @contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic collector while a cache load creates objects that live on (it
-    would otherwise scan them over and over: about a quarter of the load time)."""
+    would otherwise scan them over and over: about a quarter of the load time), then
+    freeze them out of its reach."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()

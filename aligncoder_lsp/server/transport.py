@@ -21,10 +21,11 @@ import logging
 import multiprocessing
 import os
 import re
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 if TYPE_CHECKING:
     from aligncoder_lsp.server.protocol import AlignProtocol
@@ -182,18 +183,23 @@ class Session:
         self._loop.call_soon_threadsafe(lambda: self.over.done() or self.over.set_result(code))
 
 
+def end_process(code: int) -> NoReturn:
+    """End the process now, its worker processes (which hold the client's pipes) with it,
+    without the interpreter's teardown of every object (seconds for a large index)."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _exit_after(seconds: float, code: int) -> None:
     """End the process after ``seconds`` unless it has ended by itself: threads stuck in an
-    index build, a generation or an embedding batch cannot keep it alive, and worker
-    processes (which hold the client's pipes) end with it."""
+    index build, a generation or an embedding batch cannot keep it alive."""
 
     def end_now() -> None:
         logger.warning("the server did not stop within %.1f s; ending it (exit code %d)", seconds, code)
-        for child in multiprocessing.active_children():
-            child.kill()
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os._exit(code)
+        end_process(code)
 
     timer = threading.Timer(seconds, end_now)
     timer.daemon = True
