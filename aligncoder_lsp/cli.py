@@ -385,7 +385,7 @@ def _git_root(path: Path) -> Path | None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_generator, embedded_retriever
+    from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
 
     settings = load_settings(args)
     ok = True

@@ -7,7 +7,6 @@ character literals and comments. Other languages are not checked.
 
 from __future__ import annotations
 
-import io
 import itertools
 import re
 import tokenize

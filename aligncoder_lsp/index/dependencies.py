@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from aligncoder_lsp.index.snippets import Snippet
-from aligncoder_lsp.index.symbols import Definition, FileSymbols, Import, extract
+from aligncoder_lsp.index.symbols import Definition, FileSymbols, extract
 
 MAX_REEXPORT_DEPTH = 4
 MAX_PER_MODULE = 8

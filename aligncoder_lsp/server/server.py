@@ -21,6 +21,7 @@ from pygls.workspace import TextDocument
 from aligncoder_lsp import __version__
 from aligncoder_lsp.config import APPLIES, Applies, Settings, changed_keys, merge
 from aligncoder_lsp.index.embeddings import EncoderProcess
+from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.server.completion import CompletionFeature
@@ -32,6 +33,7 @@ from aligncoder_lsp.workspace.files import Skip, language_of, read_source
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
 
 class AlignCoderServer(LanguageServer):
     def __init__(self, settings: Settings | None = None):
@@ -50,7 +52,7 @@ class AlignCoderServer(LanguageServer):
         self._tasks: set[asyncio.Future] = set()
 
     @property
-    def index(self):
+    def index(self) -> WorkspaceIndex:
         return self.indexing.index
 
     # -- settings --------------------------------------------------------------------

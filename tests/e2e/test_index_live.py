@@ -11,23 +11,13 @@ from aligncoder_lsp.config import IndexSettings, RetrieverSettings
 from aligncoder_lsp.evaluation.rpc import RpcPeer
 from aligncoder_lsp.index.embeddings import retriever_identity
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from tests.server_calls import command, eventually, search_paths
 
 
-def _command(peer: RpcPeer, name: str, *arguments):
-    response = peer.request("workspace/executeCommand", {"command": name, "arguments": list(arguments)})
-    assert "result" in response, response
-    return response["result"]
 
 
-def _eventually(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the index did not catch up"
-        time.sleep(0.1)
 
 
-def _paths(peer: RpcPeer, query: str) -> set[str]:
-    return {hit["path"] for hit in _command(peer, "aligncoder.search", query, 10)}
 
 
 @pytest.fixture
@@ -53,31 +43,31 @@ def test_live_index_through_the_server(workspace, tmp_path):
     try:
         peer.initialize(workspace.as_uri(), {"window": {"workDoneProgress": True}})
         peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
-        status = _command(peer, "aligncoder.indexStatus")
+        status = command(peer, "aligncoder.indexStatus")
         assert status["files"] == 10
-        assert _paths(peer, "alphaonly") == {"pkg/alpha.py"}
+        assert search_paths(peer, "alphaonly") == {"pkg/alpha.py"}
 
         (workspace / "pkg" / "alpha.py").write_text("def gammaonly(y):\n    return y\n")
-        _eventually(lambda: _paths(peer, "gammaonly") == {"pkg/alpha.py"})
-        assert _paths(peer, "alphaonly") == set()
+        eventually(lambda: search_paths(peer, "gammaonly") == {"pkg/alpha.py"})
+        assert search_paths(peer, "alphaonly") == set()
 
         (workspace / "Beta.java").rename(workspace / "Renamed.java")
-        _eventually(lambda: _paths(peer, "betaonly") == {"Renamed.java"})
+        eventually(lambda: search_paths(peer, "betaonly") == {"Renamed.java"})
 
         (workspace / "Renamed.java").unlink()
-        _eventually(lambda: _paths(peer, "betaonly") == set())
+        eventually(lambda: search_paths(peer, "betaonly") == set())
 
         uri = (workspace / "pkg" / "alpha.py").as_uri()
         peer.notify("textDocument/didOpen", {"textDocument": {
             "uri": uri, "languageId": "python", "version": 1, "text": "def bufferonly():\n    pass\n"}})
-        _eventually(lambda: _paths(peer, "bufferonly") == {"pkg/alpha.py"})
+        eventually(lambda: search_paths(peer, "bufferonly") == {"pkg/alpha.py"})
         (workspace / "pkg" / "alpha.py").write_text("def diskonly():\n    pass\n")
         time.sleep(1.0)  # the watcher has seen the write by now; the open buffer must still win
-        assert _paths(peer, "bufferonly") == {"pkg/alpha.py"} and _paths(peer, "diskonly") == set()
+        assert search_paths(peer, "bufferonly") == {"pkg/alpha.py"} and search_paths(peer, "diskonly") == set()
         peer.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
-        _eventually(lambda: _paths(peer, "diskonly") == {"pkg/alpha.py"})
+        eventually(lambda: search_paths(peer, "diskonly") == {"pkg/alpha.py"})
 
-        _eventually(lambda: (s := _command(peer, "aligncoder.indexStatus"))["embedded"] == s["snippets"], 120)
+        eventually(lambda: (s := command(peer, "aligncoder.indexStatus"))["embedded"] == s["snippets"], 120)
         assert peer.request("shutdown")["result"] is None
         peer.notify("exit")
         assert peer.wait() == 0
@@ -105,9 +95,9 @@ def test_the_server_indexes_what_git_lists_and_skips_pipes_and_links(tmp_path):
     try:
         peer.initialize(root.as_uri(), {"window": {"workDoneProgress": True}})
         peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
-        assert _command(peer, "aligncoder.indexStatus")["files"] == 9
-        assert _paths(peer, "linkedonly") == {"edited.py"}
-        assert _paths(peer, "localonly") == set()
+        assert command(peer, "aligncoder.indexStatus")["files"] == 9
+        assert search_paths(peer, "linkedonly") == {"edited.py"}
+        assert search_paths(peer, "localonly") == set()
         assert peer.request("shutdown")["result"] is None
         peer.notify("exit")
         assert peer.wait() == 0

@@ -5,7 +5,7 @@ import pytest
 
 from aligncoder_lsp.evaluation.rpc import RpcPeer
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from tests.e2e.test_index_live import _command, _eventually
+from tests.server_calls import command, eventually
 
 
 @pytest.fixture
@@ -30,8 +30,8 @@ def test_client_cannot_move_the_cache_and_bad_values_keep_defaults(workspace, tm
     try:
         options = {"cacheDir": str(planted), "index": {"blockLines": 0}, "retriever": {"background": False}}
         assert "result" in peer.initialize(workspace.as_uri(), options=options)
-        _eventually(lambda: _command(peer, "aligncoder.indexStatus")["files"] == 5, timeout=30)
-        assert _command(peer, "aligncoder.search", "function_3", 1)[0]["path"] == "pkg/module3.py"
+        eventually(lambda: command(peer, "aligncoder.indexStatus")["files"] == 5, timeout=30)
+        assert command(peer, "aligncoder.search", "function_3", 1)[0]["path"] == "pkg/module3.py"
         warnings = [n["params"]["message"] for n in peer.notifications
                     if n["method"] == "window/logMessage" and n["params"]["type"] == 2]
         assert any("cacheDir" in message and "config.json" in message for message in warnings), warnings

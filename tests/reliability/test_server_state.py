@@ -2,34 +2,22 @@
 checked through the real server process (no model is loaded: completions answer empty)."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.evaluation.rpc import RpcPeer
 from aligncoder_lsp.server.features import STATUS_COMMAND, build_server
+from tests.server_calls import command, eventually, indexed, search_paths
 
 INVALID_PARAMS = -32602
 
 
-def _command(peer: RpcPeer, name: str, *arguments):
-    response = peer.request("workspace/executeCommand", {"command": name, "arguments": list(arguments)})
-    assert "result" in response, response
-    return response["result"]
 
 
-def _paths(peer: RpcPeer, query: str) -> set[str]:
-    return {hit["path"] for hit in _command(peer, "aligncoder.search", query, 10)}
 
 
-def _eventually(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the server did not catch up"
-        time.sleep(0.1)
 
 
 def _open(peer: RpcPeer, uri: str, text: str) -> None:
@@ -52,26 +40,18 @@ def workspace(tmp_path):
     return root
 
 
-@pytest.fixture
-def peer(workspace, tmp_path):
-    peer = RpcPeer("--model", "/nonexistent/model.gguf", "--cache-dir", str(tmp_path / "cache"))
-    yield peer
-    peer.close()
 
 
-def _ready(peer: RpcPeer, workspace: Path, options: dict | None = None) -> None:
-    peer.initialize(workspace.as_uri(), {"window": {"workDoneProgress": True}}, options)
-    peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
 
 
 def test_a_percent_encoded_uri_keeps_its_unsaved_buffer(peer, workspace):
     """Editors percent-encode spaces and non-ASCII letters; the buffer must still be found."""
-    _ready(peer, workspace)
+    indexed(peer, workspace)
     unsaved = workspace / "my dir" / "café module.py"  # not on disk: only the buffer has it
     uri = unsaved.as_uri()
     assert "%20" in uri and "%C3%A9" in uri
     _open(peer, uri, "def bufferonlyname():\n    return 1\n")
-    _eventually(lambda: _paths(peer, "bufferonlyname") == {"my dir/café module.py"})
+    eventually(lambda: search_paths(peer, "bufferonlyname") == {"my dir/café module.py"})
     response = _completion(peer, uri)
     assert response.get("result") == {"isIncomplete": False, "items": []}, response
 
@@ -81,7 +61,7 @@ def test_an_unopened_file_outside_the_workspace_is_never_read(peer, workspace, t
     secret.parent.mkdir()
     secret.write_text("password = 'hunter2'\nvalue = \n")
     uri = f"{workspace.as_uri()}/../outside/secret.py"
-    _ready(peer, workspace)
+    indexed(peer, workspace)
     response = _completion(peer, uri)
     assert response["error"]["code"] == INVALID_PARAMS
     assert "hunter2" not in str(response)
@@ -89,22 +69,22 @@ def test_an_unopened_file_outside_the_workspace_is_never_read(peer, workspace, t
 
 def test_an_opened_ignored_file_is_not_indexed(peer, workspace):
     """A file under .venv/ (always ignored) stays out of the index even while open."""
-    _ready(peer, workspace)
+    indexed(peer, workspace)
     ignored = workspace / ".venv" / "lib" / "vendored.py"
     ignored.parent.mkdir(parents=True)
     ignored.write_text("def vendoredonly():\n    pass\n")
     _open(peer, ignored.as_uri(), ignored.read_text())
     _open(peer, (workspace / "pkg" / "new.py").as_uri(), "def laterbuffer():\n    pass\n")
-    _eventually(lambda: _paths(peer, "laterbuffer") == {"pkg/new.py"})  # re-indexing runs in order
-    assert _paths(peer, "vendoredonly") == set()
+    eventually(lambda: search_paths(peer, "laterbuffer") == {"pkg/new.py"})  # re-indexing runs in order
+    assert search_paths(peer, "vendoredonly") == set()
 
 
 def test_index_settings_changed_at_run_time_rebuild_the_index(peer, workspace):
     (workspace / "pkg" / "long.py").write_text("".join(f"def f{n}():\n    return {n}\n\n" for n in range(30)))
-    _ready(peer, workspace, {"index": {"blockLines": 15}})
-    before = _command(peer, "aligncoder.indexStatus")["snippets"]
+    indexed(peer, workspace, {"index": {"blockLines": 15}})
+    before = command(peer, "aligncoder.indexStatus")["snippets"]
     peer.notify("workspace/didChangeConfiguration", {"settings": {"index": {"blockLines": 3}}})
-    _eventually(lambda: _command(peer, "aligncoder.indexStatus")["snippets"] > before)
+    eventually(lambda: command(peer, "aligncoder.indexStatus")["snippets"] > before)
 
 
 def test_the_status_command_never_waits_for_the_index_lock():
@@ -132,10 +112,10 @@ def test_the_status_command_never_waits_for_the_index_lock():
 def test_edits_after_unusual_line_breaks_land_where_the_client_put_them(peer, workspace):
     """Clients split lines only at \\n, \\r\\n and \\r; U+0085 or a form feed inside a line
     must not shift an incremental edit to another line."""
-    _ready(peer, workspace)
+    indexed(peer, workspace)
     uri = (workspace / "pkg" / "odd.py").as_uri()
     _open(peer, uri, "x = '\x85'\ny = '\x0c\u2028'\noldname = 1\n")
     peer.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
         {"range": {"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 7}}, "text": "newname"}]})
-    _eventually(lambda: _paths(peer, "newname") == {"pkg/odd.py"})
-    assert _paths(peer, "oldname") == set()
+    eventually(lambda: search_paths(peer, "newname") == {"pkg/odd.py"})
+    assert search_paths(peer, "oldname") == set()

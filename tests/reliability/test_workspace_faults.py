@@ -3,35 +3,23 @@ server keeps answering and its index ends up equal to the disk."""
 
 import os
 import pickle
-import time
 
 import pytest
 
 from aligncoder_lsp.evaluation.rpc import RpcPeer
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from tests.server_calls import command, eventually, indexed, search_paths
 
 
-def _command(peer: RpcPeer, name: str, *arguments):
-    response = peer.request("workspace/executeCommand", {"command": name, "arguments": list(arguments)})
-    assert "result" in response, response
-    return response["result"]
 
 
-def _paths(peer: RpcPeer, query: str) -> set[str]:
-    return {hit["path"] for hit in _command(peer, "aligncoder.search", query, 50)}
 
 
-def _eventually(check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the server did not catch up"
-        time.sleep(0.2)
 
 
 def _start(root, cache, *extra) -> RpcPeer:
     peer = RpcPeer("--model", "/nonexistent/model.gguf", "--cache-dir", str(cache), *extra)
-    peer.initialize(root.as_uri(), {"window": {"workDoneProgress": True}})
-    peer.wait_for("$/progress", lambda p: p["value"]["kind"] == "end", timeout=60)
+    indexed(peer, root)
     return peer
 
 
@@ -69,9 +57,9 @@ def test_odd_files_are_skipped_and_the_server_goes_on(workspace, tmp_path):
     os.symlink(workspace / "missing.py", workspace / "dangling.py")
     peer = _start(workspace, tmp_path / "cache")
     try:
-        assert _command(peer, "aligncoder.indexStatus")["files"] == 10
+        assert command(peer, "aligncoder.indexStatus")["files"] == 10
         (workspace / "pkg" / "late.py").write_text("def latename():\n    pass\n")
-        _eventually(lambda: _paths(peer, "latename") == {"pkg/late.py"})
+        eventually(lambda: search_paths(peer, "latename", 50) == {"pkg/late.py"}, timeout=60)
         _stop(peer)
     finally:
         peer.close()
@@ -87,11 +75,11 @@ def test_a_checkout_storm_leaves_the_index_equal_to_the_disk(workspace, tmp_path
         for path in files[:50]:
             path.unlink()
         (workspace / "pkg" / "good0.py").rename(workspace / "pkg" / "moved.py")
-        _eventually(lambda: _command(peer, "aligncoder.indexStatus")["files"] == 10 + 150)
-        _eventually(lambda: _paths(peer, f"storm{_word(60)}ver{_word(9)}") == {"pkg/storm60.py"})
-        assert all(_paths(peer, f"storm{_word(n)}ver{_word(9)}") == {f"pkg/storm{n}.py"} for n in range(50, 200, 7))
-        assert all(_paths(peer, f"storm{_word(n)}ver{_word(v)}") == set() for n in range(0, 200, 13) for v in (0, 5, 8))
-        assert _paths(peer, f"goodname{_word(0)}") == {"pkg/moved.py"}
+        eventually(lambda: command(peer, "aligncoder.indexStatus")["files"] == 10 + 150, timeout=60)
+        eventually(lambda: search_paths(peer, f"storm{_word(60)}ver{_word(9)}", 50) == {"pkg/storm60.py"}, timeout=60)
+        assert all(search_paths(peer, f"storm{_word(n)}ver{_word(9)}", 50) == {f"pkg/storm{n}.py"} for n in range(50, 200, 7))
+        assert all(search_paths(peer, f"storm{_word(n)}ver{_word(v)}", 50) == set() for n in range(0, 200, 13) for v in (0, 5, 8))
+        assert search_paths(peer, f"goodname{_word(0)}", 50) == {"pkg/moved.py"}
         _stop(peer)
     finally:
         peer.close()
@@ -117,7 +105,7 @@ def test_a_planted_cache_never_runs_code(workspace, tmp_path):
     (cache_file.parent / "index.pkl").write_bytes(payload)
     peer = _start(workspace, cache)
     try:
-        assert _paths(peer, f"goodname{_word(3)}") == {"pkg/good3.py"}
+        assert search_paths(peer, f"goodname{_word(3)}", 50) == {"pkg/good3.py"}
         _stop(peer)
     finally:
         peer.close()
@@ -129,9 +117,9 @@ def test_an_unwritable_cache_folder_is_logged_and_the_index_still_works(workspac
     blocker.write_text("a file where the cache folder should be")
     peer = _start(workspace, blocker / "cache")
     try:
-        assert _paths(peer, f"goodname{_word(3)}") == {"pkg/good3.py"}
+        assert search_paths(peer, f"goodname{_word(3)}", 50) == {"pkg/good3.py"}
         (workspace / "pkg" / "good3.py").write_text("def renamedname():\n    pass\n")
-        _eventually(lambda: _paths(peer, "renamedname") == {"pkg/good3.py"})
+        eventually(lambda: search_paths(peer, "renamedname", 50) == {"pkg/good3.py"}, timeout=60)
         _stop(peer)
     finally:
         peer.close()
