@@ -86,3 +86,15 @@ def test_typing_along_with_a_suggestion_is_answered_without_the_model(session):
     trace = peer.request("workspace/executeCommand", {"command": "aligncoder.lastTrace", "arguments": []})["result"]
     assert trace["typed_ahead"] == 2
     assert time.monotonic() - started < 5
+
+
+def test_a_cancel_storm_leaves_the_model_thread_free(session):
+    peer, log = session
+    for number in range(30):
+        peer.send({"id": f"storm{number}", "method": "textDocument/completion", "params": _params()})
+        peer.notify("$/cancelRequest", {"id": f"storm{number}"})
+    answers = [peer.response(f"storm{number}", 120) for number in range(30)]
+    assert all("result" in answer or answer["error"]["code"] == -32800 for answer in answers)
+    assert _computations(log) <= 3  # cancelled requests never reach the model, or stop at its next step
+    last = peer.request("textDocument/completion", _params(), timeout=120)
+    assert last["result"]["items"]

@@ -173,7 +173,11 @@ def test_save_writes_only_what_changed(workspace, tmp_path, monkeypatch):
     index.save()
     written = []
     real_write = IndexStore.write
-    monkeypatch.setattr(IndexStore, "write", lambda self, changes: (written.append(changes), real_write(self, changes)))
+    def write(self, changes):  # what is written, noted before the save lets go of it
+        written.append((set(changes.files), len(changes.vectors), bool(changes.dead_vectors)))
+        real_write(self, changes)
+
+    monkeypatch.setattr(IndexStore, "write", write)
     index.save()
     assert written == []
     alpha = str(workspace / "pkg" / "alpha.py")
@@ -181,9 +185,9 @@ def test_save_writes_only_what_changed(workspace, tmp_path, monkeypatch):
     index.remove_file(str(workspace / "Beta.java"))
     _embed_all(index, 4)
     index.save()
-    (changes,) = written
-    assert set(changes.files) == {alpha, str(workspace / "Beta.java")} and len(changes.vectors) == 1
-    assert changes.dead_vectors  # the removed file's text
+    ((files, vectors, dead_vectors),) = written
+    assert files == {alpha, str(workspace / "Beta.java")} and vectors == 1
+    assert dead_vectors  # the removed file's text
     connection = sqlite3.connect(index.cache_file)
     assert connection.execute("SELECT count(*) FROM vectors").fetchone()[0] == len(index._key_counts)
     connection.close()
