@@ -218,6 +218,9 @@ def _probe(root: Path, keep) -> GitListing | None:
         return None
     top, git_dir = Path(lines[1]).resolve(), Path(lines[2])
     common_dir = (root / lines[3]).resolve()
+    if root != top and _ignored_by(top, root):
+        logger.info("not using git for %s: the repository %s ignores it (its own rules apply)", root, top)
+        return None
     try:
         above = [top / folder for folder in reversed(root.relative_to(top).parents)]
     except ValueError:
@@ -225,6 +228,16 @@ def _probe(root: Path, keep) -> GitListing | None:
     rules = [common_dir / "info" / "exclude", _excludes_file(root), *(folder / ".gitignore" for folder in above)]
     logger.info("listing %s with git (work tree %s)", root, top)
     return GitListing(root, top, git_dir, rules, keep)
+
+
+def _ignored_by(top: Path, folder: Path) -> bool:
+    """Whether the repository at ``top`` ignores ``folder`` (a workspace opened inside an
+    ignored folder, such as a virtual environment's packages, is indexed by its own rules)."""
+    try:
+        run_git(top, "--no-literal-pathspecs", "check-ignore", "-q", "--", folder.relative_to(top).as_posix() + "/")
+    except GitError:  # exit 1: not ignored (or git could not tell; then the listing decides)
+        return False
+    return True
 
 
 def _excludes_file(root: Path) -> Path:

@@ -318,3 +318,17 @@ def test_a_buffer_not_yet_saved_follows_the_ignore_rules(tmp_path):
     assert is_indexable(root, root / "kept.py")
     assert is_indexable(root, root / "new" / "unsaved.py")
     assert not is_indexable(root, root / "build" / "unsaved.py")
+
+
+def test_a_workspace_inside_a_folder_its_repository_ignores_is_indexed_by_its_own_rules(tmp_path):
+    """Opening, say, a package under an ignored virtual environment indexes that package."""
+    repository = tmp_path / "repo"
+    package = repository / "env" / "lib" / "package"
+    (package / "sub").mkdir(parents=True)
+    _git(repository, "init", "-q")
+    (repository / ".gitignore").write_text("env/\n")
+    (package / "core.py").write_text("x = 1\n")
+    (package / "sub" / "helpers.py").write_text("y = 2\n")
+    (package / ".gitignore").write_text("sub/\n")
+    assert _relative(package, discover(package)) == ["core.py"]
+    assert is_indexable(package, package / "core.py") and not is_indexable(package, package / "sub" / "helpers.py")
