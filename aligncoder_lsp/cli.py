@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="tokens of in-file code before the cursor in the scored prompt (default 384)")
     score.set_defaults(run=_train_score)
     status = phases.add_parser("status", parents=[common, run_options], help="progress of a run")
-    status.set_defaults(run=_train_status)
+    status.set_defaults(run=_train_report)
+    headroom = phases.add_parser("headroom", parents=[common, run_options],
+                                 help="per-token log-likelihood of the target: best candidate vs BM25 top-1 vs none")
+    headroom.set_defaults(run=_train_report)
 
     index = commands.add_parser("index", parents=[common], help="build or refresh the index of a workspace")
     index.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="workspace folder(s)")
@@ -310,11 +313,14 @@ def _train_score(args: argparse.Namespace) -> int:
         args.limit, args.log_every))
 
 
-def _train_status(args: argparse.Namespace) -> int:
+def _train_report(args: argparse.Namespace) -> int:
+    """``train status`` or ``train headroom``: a JSON report of the run."""
+    from aligncoder_lsp.training.headroom import headroom
     from aligncoder_lsp.training.store import Run, RunError
 
     try:
-        print(json.dumps(Run(args.out).status(), indent=2))
+        run = Run(args.out)
+        print(json.dumps(run.status() if args.phase == "status" else headroom(run), indent=2))
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
