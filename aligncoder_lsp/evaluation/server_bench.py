@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aligncoder_lsp.evaluation import process_stats
 from aligncoder_lsp.evaluation.rpc import RpcPeer
 from aligncoder_lsp.evaluation.tasks import Task, load_tasks, materialize, reduce_to_prefix
 
@@ -23,20 +24,6 @@ from aligncoder_lsp.evaluation.tasks import Task, load_tasks, materialize, reduc
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children
 
 
 def run(tasks_file: Path, repos: Path, repo: str, requests: int, server_args: list[str]) -> dict:
@@ -84,8 +71,8 @@ def _measure(peer: RpcPeer, root: Path, tasks: list[Task], started: float) -> di
         keystrokes.append((time.perf_counter() - sent) * 1000)
         peer.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         path.unlink()
-    rss = peak_rss_mib(peer.process.pid)
-    workers = {child: peak_rss_mib(child) for child in child_pids(peer.process.pid)}
+    rss = process_stats.peak_rss_mib(peer.process.pid)
+    workers = [process_stats.peak_rss_mib(child) for child in process_stats.descendants(peer.process.pid)]
     peer.request("shutdown")
     peer.notify("exit")
     return {
@@ -94,8 +81,8 @@ def _measure(peer: RpcPeer, root: Path, tasks: list[Task], started: float) -> di
         "start_to_first_completion_s": round(first, 2),
         "latency_ms": _summary(latencies),
         "next_keystroke_latency_ms": _summary(keystrokes),
-        "server_peak_rss_mib": round(rss),
-        "worker_processes_peak_rss_mib": [round(value) for value in workers.values()],
+        "server_peak_rss_mib": None if rss is None else round(rss),
+        "worker_processes_peak_rss_mib": [round(value) for value in workers if value is not None],
     }
 
 
