@@ -154,9 +154,8 @@ class IndexFeature:
 
     def document_closed(self, uri: str) -> None:
         """The buffer's unsaved text no longer counts: back to the file on disk."""
-        for key in (uri, unquote(uri)):
-            if (timer := self._reindex_timers.pop(key, None)) is not None:
-                timer.cancel()
+        if (timer := self._reindex_timers.pop(uri, None)) is not None:
+            timer.cancel()
         if (path := self.indexable(uri)) is not None:
             self._update(lambda: self.index.refresh_file(path), "re-indexing")
 
