@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +35,8 @@ BACKGROUND_BATCH = 4
 256 tokens, bfloat16, a batch of 4 took 0.15 s (at most 0.26 s; 26 snippets/s), one of 16
 took 0.95 s (17 snippets/s: longer batches pad more)."""
 CANCEL_POLL_SECONDS = 0.02
+PARENT_POLL_SECONDS = 0.5
+
 
 def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -134,7 +137,16 @@ _worker_encoder: Encoder | None = None
 def _start_worker(folder: str, precision: str, max_seq_length: int, threads: int) -> None:
     global _worker_encoder
     os.nice(10)  # completions in the server process come first
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _worker_encoder = Encoder(folder, precision, max_seq_length, threads)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """End the worker once its server is gone, even when the server was killed outright and
+    could not shut the pool down (the worker is then re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(0)
 
 
 def _encode_in_worker(texts: list[str]) -> np.ndarray:

@@ -1,6 +1,8 @@
 """The retriever process: one pool however many threads ask, cancellable waits, and one
 embedding space per retriever (fakes stand in for the child process and the model)."""
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -99,3 +101,30 @@ def test_changing_the_retriever_setting_switches_the_vectors(tmp_path):
     settings.retriever.model = str(tmp_path)
     assert engine.encoder() is not encoder and engine.encoder().folder == str(tmp_path)
     assert index.embedded_count == 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_retriever_process_ends_when_its_server_is_killed():
+    """A server killed outright (SIGKILL: no shutdown, no atexit) leaves no worker behind."""
+    script = ("import os, sys, time\n"
+              "from aligncoder_lsp.index.embeddings import EncoderProcess\n"
+              "print(EncoderProcess()._started().submit(os.getpid).result(), flush=True)\n"
+              "time.sleep(60)\n")
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(server.stdout.readline())
+        assert not _gone(worker)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(worker)
