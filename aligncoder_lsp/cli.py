@@ -113,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--window-tokens", type=int, default=384,
                        help="tokens of in-file code before the cursor in the scored prompt (default 384)")
     score.set_defaults(run=_train_score)
+    fit = phases.add_parser("fit", parents=[common, run_options],
+                            help="train the retriever's query tower on the rewards; keep the best held-out pass")
+    fit.add_argument("--retriever-out", type=Path, required=True, metavar="FOLDER",
+                     help="where to write the trained retriever (a sentence-transformers folder)")
+    fit.add_argument("--loss", choices=("kl", "hard"), default="kl",
+                     help="kl: distil the reward distribution (default); hard: cross-entropy on the best candidate")
+    fit.add_argument("--epochs", type=int, default=4, help="passes over the training holes (default 4)")
+    fit.add_argument("--learning-rate", type=float, default=3e-5)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--log-every", type=int, default=10, help="a progress line every N steps")
+    fit.set_defaults(run=_train_fit)
     status = phases.add_parser("status", parents=[common, run_options], help="progress of a run")
     status.set_defaults(run=_train_report)
     headroom = phases.add_parser("headroom", parents=[common, run_options],
@@ -311,6 +322,24 @@ def _train_score(args: argparse.Namespace) -> int:
     return _train_phase(args, lambda run, repositories, settings, shard: run_score(
         run, repositories, settings, load_generator(settings), shard, args.window_tokens,
         args.limit, args.log_every))
+
+
+def _train_fit(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
+    from aligncoder_lsp.training.fit import FitSettings, run_fit
+    from aligncoder_lsp.training.store import Run, RunError
+
+    settings = load_settings(args)
+    fit = FitSettings(loss=args.loss, epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed,
+                      lexical_weight=settings.retrieval.lexical_weight)
+    try:
+        base = Path(settings.retriever.model).expanduser() if settings.retriever.model else embedded_retriever()
+        report = run_fit(Run(args.out), base, args.retriever_out, fit, args.log_every)
+    except (RunError, ModelUnavailable, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def _train_report(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -36,6 +37,8 @@ BACKGROUND_BATCH = 4
 took 0.95 s (17 snippets/s: longer batches pad more)."""
 CANCEL_POLL_SECONDS = 0.02
 PARENT_POLL_SECONDS = 0.5
+QUERY_TOWER_FILE = "retriever.json"
+"""Marks a retriever folder as a query tower and names the retriever of its snippets."""
 
 
 def text_key(text: str) -> bytes:
@@ -56,11 +59,31 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def document_folder(folder: Path) -> Path | None:
+    """The retriever that encodes snippets for the query tower in ``folder`` (named by its
+    ``retriever.json``: ``"embedded"`` or a path relative to ``folder``); None when
+    ``folder`` encodes both queries and snippets."""
+    try:
+        spec = json.loads((folder / QUERY_TOWER_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(f"{folder / QUERY_TOWER_FILE} is unreadable: {error}") from error
+    documents = spec.get("documents") if isinstance(spec, dict) else None
+    if documents == "embedded":
+        return embedded_retriever()
+    if not isinstance(documents, str) or not documents:
+        raise ModelUnavailable(f"{folder / QUERY_TOWER_FILE} names no snippet retriever (\"documents\")")
+    return (folder / documents).resolve()
+
+
 def retriever_identity(folder: str, precision: str, max_tokens: int) -> str:
-    """The embedding space of an encoder: its folder, the names and sizes of the folder's
-    files, the precision and the maximum tokens. Vectors of two identities are never mixed."""
+    """The embedding space of an encoder's snippet vectors: the folder that makes them (a
+    query tower's base), the names and sizes of its files, the precision and the maximum
+    tokens. Vectors of two identities are never mixed."""
     try:
         path = Path(folder).expanduser().resolve() if folder else embedded_retriever()
+        path = document_folder(path) or path
     except ModelUnavailable:
         return f"unavailable|{resolve_precision(precision)}|{max_tokens}"
     try:
@@ -73,13 +96,14 @@ def retriever_identity(folder: str, precision: str, max_tokens: int) -> str:
 
 
 class TextEncoder(Protocol):
-    def encode(self, texts: list[str], cancel: threading.Event | None = None) -> np.ndarray:
-        """L2-normalised float32 vectors, one row per text; raises :class:`Cancelled` when
-        ``cancel`` is set before they are ready."""
+    def encode(self, texts: list[str], cancel: threading.Event | None = None, queries: bool = False) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text (snippets, or completion
+        ``queries``); raises :class:`Cancelled` when ``cancel`` is set before they are ready."""
 
 
 class Encoder:
-    """A sentence-transformers model, loaded on first use; thread-safe."""
+    """A sentence-transformers model, loaded on first use; thread-safe. A query tower (a
+    folder with ``retriever.json``) encodes queries, and its base encodes snippets."""
 
     def __init__(self, folder: str = "", precision: str = "auto", max_seq_length: int = 256, threads: int = 0):
         self.folder = Path(folder).expanduser() if folder else None
@@ -87,13 +111,19 @@ class Encoder:
         self.max_seq_length = max_seq_length
         self.threads = threads
         self._model = None
+        self._query_model = None
         self._lock = threading.Lock()
 
-    def _load(self):
+    def _load_both(self) -> None:
+        folder = self.folder or embedded_retriever()
+        documents = document_folder(folder)
+        self._query_model = self._load(folder)
+        self._model = self._load(documents) if documents else self._query_model
+
+    def _load(self, folder: Path):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        folder = self.folder or embedded_retriever()
         if not (folder / "modules.json").exists() and not (folder / "config.json").exists():
             raise ModelUnavailable(f"retriever folder {folder} holds no sentence-transformers model")
         if self.threads:
@@ -112,17 +142,18 @@ class Encoder:
     def dimension(self) -> int:
         return self.model().get_embedding_dimension()
 
-    def model(self):
+    def model(self, queries: bool = False):
         with self._lock:
             if self._model is None:
-                self._model = self._load()
-            return self._model
+                self._load_both()
+            return self._query_model if queries else self._model
 
-    def encode(self, texts: list[str], cancel: threading.Event | None = None, batch_size: int = 32) -> np.ndarray:
+    def encode(self, texts: list[str], cancel: threading.Event | None = None, queries: bool = False,
+               batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text (``cancel`` is checked before)."""
         import torch
 
-        model = self.model()
+        model = self.model(queries)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         with self._lock, torch.inference_mode():
@@ -149,8 +180,8 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(0)
 
 
-def _encode_in_worker(texts: list[str]) -> np.ndarray:
-    return _worker_encoder.encode(texts)
+def _encode_in_worker(texts: list[str], queries: bool) -> np.ndarray:
+    return _worker_encoder.encode(texts, queries=queries)
 
 
 class EncoderProcess:
@@ -172,12 +203,12 @@ class EncoderProcess:
                                                  initializer=_start_worker, initargs=self._arguments)
             return self._pool
 
-    def encode(self, texts: list[str], cancel: threading.Event | None = None) -> np.ndarray:
+    def encode(self, texts: list[str], cancel: threading.Event | None = None, queries: bool = False) -> np.ndarray:
         """Vectors from the child process. A request waiting behind a background batch
         gives up as soon as ``cancel`` is set (raising :class:`Cancelled`)."""
         pool = self._started()
         try:
-            future = pool.submit(_encode_in_worker, texts)
+            future = pool.submit(_encode_in_worker, texts, queries)
             while True:
                 try:
                     return future.result(timeout=None if cancel is None else CANCEL_POLL_SECONDS)

@@ -43,10 +43,10 @@ def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str, candidate
         return []
     vectors = index.vectors_for(candidates)
     missing = [i for i, vector in enumerate(vectors) if vector is None]
-    encoded = encoder.encode([query] + [candidates[i].text for i in missing], cancel=cancel)
-    for row, i in enumerate(missing, 1):
-        vectors[i] = encoded[row]
-    scores = np.stack(vectors) @ encoded[0]
+    if missing:
+        for i, vector in zip(missing, encoder.encode([candidates[i].text for i in missing], cancel=cancel)):
+            vectors[i] = vector
+    scores = np.stack(vectors) @ encoder.encode([query], cancel=cancel, queries=True)[0]
     if lexical is not None and weight and max(lexical) > 0:
         scores = scores + weight * np.asarray(lexical) / max(lexical)
     order = np.argsort(-scores, kind="stable")

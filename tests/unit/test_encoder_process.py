@@ -29,7 +29,7 @@ class _Pool:
         type(self).started += 1
         self.futures: list[Future] = []
 
-    def submit(self, function, texts):
+    def submit(self, function, texts, queries=False):
         future = Future()
         if self.answer:
             future.set_result(np.ones((len(texts), 3), np.float32))
@@ -87,7 +87,7 @@ def test_changing_the_retriever_setting_switches_the_vectors(tmp_path):
         def __init__(self, folder, precision, max_tokens):
             self.folder = folder
 
-        def encode(self, texts, cancel=None):
+        def encode(self, texts, cancel=None, queries=False):
             return np.ones((len(texts), 3), np.float32) / np.sqrt(3)
 
     settings = Settings()
