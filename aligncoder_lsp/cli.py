@@ -124,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--log-every", type=int, default=10, help="a progress line every N steps")
     fit.set_defaults(run=_train_fit)
+    validate = phases.add_parser("validate", parents=[common, run_options, corpus],
+                                 help="held-out holes: target likelihood with each retriever's top snippets, "
+                                      "and ranking against the rewards")
+    validate.add_argument("--retriever", action="append", default=[], metavar="FOLDER",
+                          help="a trained retriever to compare with the embedded one (repeatable)")
+    validate.add_argument("--limit", type=int, help="at most N held-out holes")
+    validate.add_argument("--log-every", type=int, default=10, help="a progress line every N holes")
+    validate.set_defaults(run=_train_validate)
     status = phases.add_parser("status", parents=[common, run_options], help="progress of a run")
     status.set_defaults(run=_train_report)
     headroom = phases.add_parser("headroom", parents=[common, run_options],
@@ -288,15 +296,16 @@ def _train_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_phase(args: argparse.Namespace, phase) -> int:
-    """Run a sharded phase over the run's repositories."""
+def _train_phase(args: argparse.Namespace, phase, report_only: bool = False) -> int:
+    """Run a phase over the run's repositories; print the run's status after it, or the
+    phase's own report."""
     from aligncoder_lsp.pipeline import ModelUnavailable
     from aligncoder_lsp.training.corpus import Repository, unique_names
     from aligncoder_lsp.training.store import Run, RunError, Shard
 
     run = Run(args.out)
     try:
-        shard = Shard.parse(args.shard)
+        shard = Shard.parse(getattr(args, "shard", "0/1"))
         sources = args.repos or [Path(entry["source"]) for entry in run.manifest()["repositories"]]
         repositories = {repository.name: repository for repository in
                         unique_names([Repository.from_path(p) for p in sources])}
@@ -304,7 +313,7 @@ def _train_phase(args: argparse.Namespace, phase) -> int:
     except (RunError, ModelUnavailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps({"holes_done_now": done, **run.status()}, indent=2))
+    print(json.dumps(done if report_only else {"holes_done_now": done, **run.status()}, indent=2))
     return 0
 
 
@@ -340,6 +349,19 @@ def _train_fit(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _train_validate(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.pipeline import load_generator
+    from aligncoder_lsp.training.validate import run_validate
+
+    def validate(run, repositories, settings, shard) -> dict:
+        retrievers = {"untrained": "", **{str(folder): str(folder) for folder in args.retriever}}
+        window = run.manifest().get("settings", {}).get("score", {}).get("window_tokens", 384)
+        return run_validate(run, repositories, settings, load_generator(settings), retrievers, window,
+                            args.limit, args.log_every)
+
+    return _train_phase(args, validate, report_only=True)
 
 
 def _train_report(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Candidates and scoring of two holes with the real embedded generator, through the CLI."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.models.llama_backend import TargetScorer
 from aligncoder_lsp.pipeline import load_generator
 from aligncoder_lsp.training.store import Hole, Run
+from aligncoder_lsp.training.validate import context_of, piece_of
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.slow
@@ -157,3 +159,29 @@ def test_training_sees_what_serving_re_ranks():
     assert trace.snippets and {(use.path, use.start_line, use.end_line) for use in trace.snippets} <= offered
     assert {source for _, _, source in inputs.candidates} == {"bm25", "dependency"}
     engine.close_encoder()
+
+
+def test_validation_rebuilds_the_served_context_block():
+    workspace = FIXTURES / "workspace"
+    main = workspace / "app" / "main.py"
+    index = WorkspaceIndex(Settings().index)
+    index.build([workspace])
+    engine = CompletionEngine(Settings(), index)
+    engine.drafter().reseed(7)
+    coarse = engine.rerank_inputs(CompletionRequest(str(main), main.read_text(), 13, 4), threading.Event()).candidates
+    pieces = [piece_of(engine.context_block([item], "python"), "python", item[2] == "dependency") for item in coarse]
+    for order in (list(range(len(coarse))), list(range(len(coarse)))[::-1]):
+        served = engine.context_block([coarse[i] for i in order], "python")
+        assert context_of(order, pieces, Settings(), "python", engine.generator().count_tokens) == served
+
+
+def test_validation_measures_each_rankers_prompt_on_held_out_holes(scored, tmp_path):
+    run, _ = scored
+    copy = Run(tmp_path / "run")
+    shutil.copytree(run.folder, copy.folder)
+    copy.write_holes([dataclasses.replace(hole, split="held-out") for hole in copy.holes()])
+    report = _train("validate", "--out", str(copy.folder))
+    assert report["holes"] == 2
+    assert set(report["top_k_likelihood"]) == {"bm25", "untrained"}
+    assert all(-30 < value < 0 for value in report["top_k_likelihood"].values())
+    assert len(report["minus_untrained"]["bm25"]) == 3 and "kl" in report["ranking"]["untrained"]
