@@ -3,7 +3,8 @@
 The repository is indexed once, in memory; for each hole its file is replaced by the text
 before the cursor (nothing at or after the cursor enters the index, the query or the
 dependency signatures) and the serving engine selects the coarse candidates and makes the
-sampler's drafts with the serving settings. Each candidate is stored with its text (what
+sampler's drafts with the serving settings, and the selective policy's features of a
+context-free first attempt. Each candidate is stored with its text (what
 the retriever embeds) and the context block the prompt shows for it alone; a "no context
 needed" stop item closes the list.
 """
@@ -20,6 +21,7 @@ import attrs
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
+from aligncoder_lsp.retrieval.selective import selective_features
 from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
 from aligncoder_lsp.training.store import CANDIDATES, Hole, Progress, Run, Shard
 from aligncoder_lsp.workspace.files import language_of
@@ -49,8 +51,11 @@ def candidate_record(engine: CompletionEngine, hole: Hole, path: str, prefix: st
             "shown": engine.context_block([(snippet, score, source)], language),
         })
     items.append({"id": STOP, "source": STOP, "score": 0.0, "text": "", "shown": ""})
+    _, first = engine.attempt(request, cancel)
+    selective = selective_features(first, prefix, path, engine.index)
     return {"hole": hole.id, "query": inputs.query, "drafts": inputs.drafts,
-            "enhanced_query": inputs.enhanced_query(), "candidates": items}
+            "enhanced_query": inputs.enhanced_query(), "candidates": items,
+            "selective": [round(float(value), 4) for value in selective]}
 
 
 def run_candidates(run: Run, repositories: dict[str, Repository], settings: Settings, shard: Shard,

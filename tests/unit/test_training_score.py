@@ -15,6 +15,7 @@ from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.models.llama_backend import TargetScorer
 from aligncoder_lsp.pipeline import load_generator
+from aligncoder_lsp.retrieval.selective import FEATURES
 from aligncoder_lsp.training.store import Hole, Run
 from aligncoder_lsp.training.validate import context_of, piece_of
 from tests.conftest import FIXTURES
@@ -104,6 +105,7 @@ def test_nothing_at_or_after_the_cursor_reaches_the_candidates(scored):
                 assert MARKER not in candidate[field] and after.strip()[:40] not in candidate[field]
         assert MARKER not in record["query"] and all(MARKER not in draft for draft in record["drafts"])
         assert len(record["drafts"]) == 4
+        assert len(record["selective"]) == len(FEATURES)  # the policy's features of a context-free attempt
 
 
 def test_score_resumes_by_redoing_only_the_lost_hole(scored):
