@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--limit", type=int, help="at most N held-out holes")
     validate.add_argument("--log-every", type=int, default=10, help="a progress line every N holes")
     validate.set_defaults(run=_train_validate)
+    policy = phases.add_parser("policy", parents=[common, run_options],
+                               help="selective-retrieval policy from the rewards (threshold within a retrieval rate)")
+    policy.add_argument("--policy-out", type=Path, required=True, metavar="FILE", help="policy JSON to write")
+    policy.add_argument("--max-retrieval", type=float, default=0.5,
+                        help="highest retrieval rate to choose the threshold for (default 0.5)")
+    policy.set_defaults(run=_train_policy)
     status = phases.add_parser("status", parents=[common, run_options], help="progress of a run")
     status.set_defaults(run=_train_report)
     headroom = phases.add_parser("headroom", parents=[common, run_options],
@@ -362,6 +368,19 @@ def _train_validate(args: argparse.Namespace) -> int:
                             args.limit, args.log_every)
 
     return _train_phase(args, validate, report_only=True)
+
+
+def _train_policy(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.training.policy import run_policy
+    from aligncoder_lsp.training.store import Run, RunError
+
+    try:
+        notes = run_policy(Run(args.out), args.policy_out, load_settings(args).retrieval.top_k, args.max_retrieval)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(notes, indent=2))
+    return 0
 
 
 def _train_report(args: argparse.Namespace) -> int:
