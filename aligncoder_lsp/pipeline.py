@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_featur
 
 
 logger = logging.getLogger(__name__)
+
+KEPT_CONTEXTS = 32
+"""Files whose last context block is kept (the least recently completed are dropped)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Trace:
     model: str = ""
     typed_ahead: int = 0
     """Characters of a shown suggestion the user typed; the rest was answered without the model."""
+    kept_context: bool = False
+    """The context block of the previous request in this file was kept (still relevant)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -111,8 +117,15 @@ class CompletionEngine:
     """
 
     def __init__(self, settings: Settings, index: WorkspaceIndex,
-                 encoder_type: Callable[[str, str, int], TextEncoder] = Encoder):
+                 encoder_type: Callable[[str, str, int], TextEncoder] = Encoder, keep_context: bool = False):
+        """``keep_context``: while the snippets of a file's last context block stay among the
+        coarse candidates of the next request there, the block is kept as it was (same
+        snippets, same order), so the prompt's head and its KV cache stay valid and no drafts
+        or fine retrieval are redone. For an editor, where requests follow the typing; not for
+        independent requests such as benchmark tasks."""
         self.settings = settings
+        self.keep_context = keep_context
+        self._kept: OrderedDict[str, _KeptContext] = OrderedDict()
         self.index = index
         self._encoder_type = encoder_type
         self._encoder: TextEncoder | None = None
@@ -239,11 +252,35 @@ class CompletionEngine:
         """Repository context for the prompt (only text before the cursor is looked at)."""
         settings = self.settings.retrieval
         request, trace = job.request, job.trace
-        wanted = settings.top_k if mode == "bm25" else settings.candidates
+        wanted = settings.top_k if mode == "bm25" and not self.keep_context else settings.candidates
         query, coarse = coarse_candidates(self.index, request.path, job.prefix, settings, wanted)
         job.clock.lap("coarse")
+        if self.keep_context:
+            key = (mode, repr(self.settings.retrieval), repr(self.settings.retriever))
+            kept = self._kept.get(request.path)
+            if kept is not None and kept.key == key and kept.snippets <= {_identity(s) for s, _, _ in coarse}:
+                trace.snippets.extend(kept.uses)
+                trace.drafts = list(kept.drafts)
+                trace.kept_context = True
+                return kept.block
+            block = self._fresh_context(job, mode, query, coarse, cancel)
+            self._kept[request.path] = _KeptContext(key, block, list(trace.snippets), list(trace.drafts),
+                                                    frozenset(job.shown))
+            self._kept.move_to_end(request.path)
+            while len(self._kept) > KEPT_CONTEXTS:
+                self._kept.popitem(last=False)
+            return block
+        return self._fresh_context(job, mode, query, coarse, cancel)
+
+    def _fresh_context(self, job: _Job, mode: str, query: str, coarse: list[tuple[Snippet, float, str]],
+                       cancel: threading.Event) -> str:
+        settings = self.settings.retrieval
+        request, trace = job.request, job.trace
         if mode == "bm25" or not coarse:
-            return self.context_block(coarse, request.language, trace)
+            if mode == "bm25":  # the top-k of the candidates fetched to check a kept block
+                coarse = [item for item in coarse if item[2] == "dependency"] + \
+                    [item for item in coarse if item[2] != "dependency"][:settings.top_k]
+            return self.context_block(coarse, request.language, trace, shown=job.shown)
         if mode == "aligncoder":
             trace.drafts = self._drafts(job, coarse, cancel)
             job.clock.lap("drafts")
@@ -253,7 +290,8 @@ class CompletionEngine:
                            [score for _, score, _ in coarse], settings.lexical_weight, cancel)
         job.clock.lap("fine")
         kinds = {id(s): kind for s, _, kind in coarse}
-        return self.context_block([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request.language, trace)
+        return self.context_block([(s, score, f"fine:{kinds[id(s)]}") for s, score in ranked], request.language, trace,
+                                  shown=job.shown)
 
     def _drafts(self, job: _Job, coarse: list[tuple[Snippet, float, str]], cancel: threading.Event) -> list[str]:
         """The sampler's drafts of the completion, given the coarse context and the local code."""
@@ -291,9 +329,10 @@ class CompletionEngine:
             yield ContextPiece(self.index.relative(snippet.path), text, is_dependency)
 
     def context_block(self, ranked: list[tuple[Snippet, float, str]], language: str, trace: Trace | None = None,
-                      budget: int | None = None) -> str:
+                      budget: int | None = None, shown: set | None = None) -> str:
         """The best snippets that fit the token ``budget`` (default ``context_tokens``),
-        rendered as the comment block that heads the prompt; what is shown goes to ``trace``."""
+        rendered as the comment block that heads the prompt; what is shown goes to ``trace``
+        (and the snippets' identities to ``shown``)."""
         settings = self.settings.retrieval
         budget = settings.context_tokens if budget is None else budget
         chosen = fit_context(self.context_pieces(ranked), budget, settings.top_k + settings.dependencies,
@@ -302,6 +341,8 @@ class CompletionEngine:
             for position, piece in chosen:
                 snippet, score, source = ranked[position]
                 trace.snippets.append(SnippetUse(piece.path, snippet.start + 1, snippet.end, round(score, 3), source))
+        if shown is not None:
+            shown.update(_identity(ranked[position][0]) for position, _ in chosen)
         # Least relevant first: the best snippet sits closest to the code being completed.
         return render_context([(piece.path, piece.text) for _, piece in chosen[::-1]], language)
 
@@ -331,6 +372,23 @@ class _Job:
     """The code after the cursor given to a fill-in-the-middle model ('' for left to right)."""
     trace: Trace
     clock: _Clock
+    shown: set = field(default_factory=set)
+    """Identities of the snippets in the context block."""
+
+
+@dataclass(frozen=True)
+class _KeptContext:
+    key: tuple
+    """The mode and the settings the block was made with."""
+    block: str
+    uses: list[SnippetUse]
+    drafts: list[str]
+    snippets: frozenset
+
+
+def _identity(snippet: Snippet) -> tuple:
+    """A snippet as it is now: an edit of its file gives it another identity."""
+    return snippet.path, snippet.start, snippet.end, hash(snippet.text)
 
 
 class _Clock:

@@ -42,7 +42,7 @@ class AlignCoderServer(LanguageServer):
         self.indexing = IndexFeature(self)
         # One retriever for background embedding and fine retrieval: a worker process
         self.engine = CompletionEngine(self.settings, self.indexing.index, lambda *args: EncoderProcess(
-            *args, threads=self.settings.retriever.threads))
+            *args, threads=self.settings.retriever.threads), keep_context=True)
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.completion = CompletionFeature(self)
         self.model_error: str | None = None

@@ -83,3 +83,44 @@ def test_dependency_signatures_keep_to_their_budget(engine):
         for block in shown:
             body = "\n".join(line[2:] for line in block.strip().split("\n")[1:])
             assert snippet.text.startswith(body)
+
+
+def _typed(text: str, line: int, column: int, typed: str) -> CompletionRequest:
+    lines = text.split("\n")
+    lines[line] = lines[line][:column] + typed + lines[line][column:]
+    return CompletionRequest(str(MAIN), "\n".join(lines), line, column + len(typed))
+
+
+@pytest.mark.parametrize("mode", ["bm25", "aligncoder"])
+def test_typing_on_keeps_a_relevant_context_block_and_its_cache(engine, mode):
+    kept = CompletionEngine(engine.settings, engine.index, keep_context=True)
+    kept._generator = engine.generator()  # one model in memory
+    text = MAIN.read_text()
+    first = kept.complete(CompletionRequest(str(MAIN), text, 13, 4), threading.Event(), mode).trace
+    second = kept.complete(_typed(text, 13, 4, "cart."), threading.Event(), mode).trace
+    assert not first.kept_context and second.kept_context
+    assert second.snippets == first.snippets and second.drafts == first.drafts
+    assert "drafts" not in second.timings_ms and "fine" not in second.timings_ms
+    assert second.reused_tokens >= first.prompt_tokens - 8  # only the typed end of the prompt is new
+    again = engine.complete(_typed(text, 13, 4, "cart."), threading.Event(), mode).trace
+    assert not again.kept_context  # an engine for independent requests never keeps a block
+    kept.close_encoder()
+
+
+def test_an_edit_of_a_shown_snippet_renews_the_block(tmp_path):
+    import shutil
+
+    shutil.copytree(WORKSPACE, tmp_path / "ws")
+    main = tmp_path / "ws" / "app" / "main.py"
+    settings = Settings()
+    settings.model.max_tokens = 8
+    index = WorkspaceIndex(settings.index)
+    index.build([tmp_path / "ws"])
+    kept = CompletionEngine(settings, index, keep_context=True)
+    request = CompletionRequest(str(main), main.read_text(), 13, 4)
+    first = kept.complete(request, threading.Event(), "bm25").trace
+    shown = next(s for s in first.snippets if s.source == "bm25")
+    path = tmp_path / "ws" / shown.path
+    index.set_file(str(path), path.read_text().replace("def ", "def  "))
+    second = kept.complete(request, threading.Event(), "bm25").trace
+    assert not second.kept_context and second.snippets
