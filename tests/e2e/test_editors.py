@@ -22,13 +22,15 @@ TIMEOUT_S = 180
 pytestmark = pytest.mark.slow
 
 
-def readme_snippet(bullet: str, language: str) -> str:
-    """The first ``language`` code block after the README's line starting with ``bullet``."""
+def readme_snippet(bullet: str, language: str, number: int = 0) -> str:
+    """Code block ``number`` in ``language`` of the README's list item starting with ``bullet``."""
     text = README.read_text()
     start = text.index(bullet)
-    block = re.compile(rf"^( *)```{language}\n(.*?)^\1```$", re.S | re.M).search(text, start)
-    assert block is not None, f"no {language} block after {bullet!r} in README.md"
-    return textwrap.dedent(block.group(2))
+    end = text.find("\n- **", start + 1)
+    item = text[start:end if end > 0 else len(text)]
+    blocks = re.findall(rf"^( *)```{language}\n(.*?)^\1```$", item, re.S | re.M)
+    assert len(blocks) > number, f"no {language} block {number} under {bullet!r} in README.md"
+    return textwrap.dedent(blocks[number][1])
 
 
 def editor(name: str, package: str) -> str:
@@ -93,3 +95,35 @@ def test_the_readme_neovim_set_up_completes_with_omnifunc(workspace, venv, tmp_p
     assert buffer == lines[:line] + [lines[line] + result["word"]] + lines[line + 1:]
     lsp_log = tmp_path / "xdg" / "cache" / "nvim" / "lsp.log"  # Neovim records a server's stderr as errors
     assert '"stderr"' not in (lsp_log.read_text() if lsp_log.exists() else ""), lsp_log.read_text()
+
+
+COUNTER = "package com.acme;\n\npublic class Counter {\n    private int count;\n\n    public void increment() {\n        \n"
+
+
+@pytest.mark.parametrize(("place", "path", "text"), [
+    ("init.el", "app/names.py", NAMES),
+    ("init.el", "java/com/acme/Counter.java", COUNTER),
+    (".dir-locals.el", "app/names.py", NAMES),
+])
+def test_the_readme_eglot_set_up_completes(place, path, text, workspace, venv, tmp_path):
+    emacs = editor("emacs", "emacs-nox and elpa-eglot")
+    snippet = readme_snippet("- **Emacs**", "elisp", 0 if place == "init.el" else 1).replace(PLACEHOLDER, str(venv))
+    init = tmp_path / "init.el"
+    (workspace / ".dir-locals.el" if place == ".dir-locals.el" else init).write_text(snippet)
+    source = workspace / path
+    source.write_text(text)
+    lines = text.splitlines()
+    out = tmp_path / "result.json"
+    loads = ["-l", str(init)] if init.exists() else []
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "AC_FILE": str(source), "AC_LINE": str(len(lines) - 1),
+           "AC_OUT": str(out), "AC_TIMEOUT_S": str(TIMEOUT_S)}
+    process = subprocess.run(
+        [emacs, "--batch", *loads, "-l", str(Path(__file__).with_name("eglot_complete.el"))],
+        env=env, cwd=workspace, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT_S + 60)
+    result = json.loads(out.read_text())
+    assert process.returncode == 0 and result["ok"] is True, (result, process.stderr.decode()[-3000:])
+    assert result["command"] == [str(venv / "bin" / "aligncoder-lsp"), "serve"]
+    assert result["changed"] is True, "completion-at-point inserted nothing"
+    inserted = result["lines"][len(lines) - 1][len(lines[-1]):]
+    assert inserted.strip()
+    assert result["lines"] == lines[:-1] + [lines[-1] + inserted, ""]  # one line inserted, as in every client
