@@ -127,11 +127,12 @@ def completion_item(request: CompletionRequest, position: types.Position, result
     """The popup item for ``result``: it replaces the identifier being typed (so client-side
     filtering keeps it while the user types on) and inserts the suggestion's first line only.
 
-    Popup completion inserts its text as typed keys in some clients (Neovim's omnifunc joins
-    the lines with NUL characters), so a multi-line item is not applied alike everywhere. The
-    whole suggestion stays in the item's documentation and in the inline completion, and once
-    the user accepts this line and goes on, its next line is answered from memory. None when
-    the suggestion begins on a line of its own (nothing to insert on the cursor's line).
+    Some clients insert popup text as typed keys (Neovim 0.7's omnifunc puts a NUL
+    where a line break was, whether it comes as ``textEdit`` or ``insertText``), so a
+    multi-line item is not applied alike everywhere. The whole suggestion stays in the item's
+    documentation and in the inline completion, and as the user types on along it, its rest
+    is answered from memory. None when the suggestion begins on a line of its own (nothing to
+    insert on the cursor's line).
     """
     line_text = request.text.split("\n")[request.line]
     word = _WORD_BEFORE.search(line_text[: request.column]).group(0)

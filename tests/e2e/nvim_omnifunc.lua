@@ -8,7 +8,8 @@
 --
 -- Environment: AC_LINE, AC_COL (0-based; the cursor goes to the end of that line when
 -- AC_COL is its length), AC_OUT (the JSON result file), AC_TIMEOUT_MS.
--- Writes {"ok": true, "root": ..., "word": ..., "lsp_item": {...}, "lines": [...]} or {"ok": false, "error": ...};
+-- Writes {"ok": true, "root": ..., "word": ..., "menu": <shown before accepting>, "lsp_item": {...},
+-- "lines": [...]} or {"ok": false, "error": ...};
 -- stops the clients (shutdown + exit reach the server) and quits: status 0 on success.
 
 local uv = vim.loop
@@ -39,13 +40,15 @@ end
 
 local function complete_and_accept(insert)
   local inserted = nil
+  local menu = false
   local timer = uv.new_timer()
   timer:start(50, 50, vim.schedule_wrap(function()
     if vim.fn.pumvisible() == 1 then
-      vim.api.nvim_feedkeys(keys('<C-y>'), 'n', false) -- several items: take the first
+      menu = true
+      vim.api.nvim_feedkeys(keys('<C-y>'), 'n', false)
       return
     end
-    if next(vim.v.completed_item) ~= nil then -- one item is inserted at once ('completeopt' has no menuone)
+    if next(vim.v.completed_item) ~= nil then -- without menuone in 'completeopt', at once
       inserted = vim.v.completed_item
     end
     if inserted or remaining() <= 1 then
@@ -56,7 +59,7 @@ local function complete_and_accept(insert)
   end))
   -- 'x!': run the keys and stay in insert mode until the timer above leaves it.
   vim.api.nvim_feedkeys(keys(insert .. '<C-x><C-o>'), 'x!', false)
-  return inserted
+  return inserted, menu
 end
 
 local function main()
@@ -72,7 +75,7 @@ local function main()
   local col = tonumber(os.getenv('AC_COL'))
   vim.api.nvim_win_set_cursor(0, { line + 1, col })
   local at_end = col >= #vim.api.nvim_buf_get_lines(bufnr, line, line + 1, true)[1]
-  local item = complete_and_accept(at_end and 'A' or 'i') -- normal mode cannot stand after the last character
+  local item, menu = complete_and_accept(at_end and 'A' or 'i') -- normal mode cannot stand after the last character
   if not item then
     error('no completion inserted within the time limit')
   end
@@ -80,6 +83,7 @@ local function main()
     ok = true,
     root = aligncoder_client(bufnr).config.root_dir,
     word = item.word,
+    menu = menu,
     lsp_item = item.user_data.nvim.lsp.completion_item,
     lines = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false),
   }

@@ -68,11 +68,15 @@ NAMES = "from shop.models import Cart\n\n\ndef item_names(cart: Cart) -> list[st
 """A file whose last line the embedded model completes with a loop: a multi-line suggestion."""
 
 
-def test_the_readme_neovim_set_up_completes_with_omnifunc(workspace, venv, tmp_path):
+@pytest.mark.parametrize("menu", [False, True], ids=["default-completeopt", "menuone-noinsert"])
+def test_the_readme_neovim_set_up_completes_with_omnifunc(menu, workspace, venv, tmp_path):
     nvim = editor("nvim", "neovim")
     config = tmp_path / "xdg" / "config" / "nvim"
     config.mkdir(parents=True)
-    (config / "init.lua").write_text(readme_snippet("- **Neovim**", "lua").replace(PLACEHOLDER, str(venv)))
+    init = readme_snippet("- **Neovim**", "lua").replace(PLACEHOLDER, str(venv))
+    if menu:
+        init += readme_snippet("- **Neovim**", "lua", 1)
+    (config / "init.lua").write_text(init)
     source = workspace / "app" / "names.py"
     source.write_text(NAMES)
     lines = NAMES.splitlines()
@@ -88,6 +92,7 @@ def test_the_readme_neovim_set_up_completes_with_omnifunc(workspace, venv, tmp_p
     result = json.loads(out.read_text())
     assert process.returncode == 0 and result["ok"], (result, process.stderr.decode())
     assert result["root"] == str(workspace)
+    assert result["menu"] is menu
     assert result["lsp_item"]["data"]["generated_tokens"] > 0
     assert "\n" in result["lsp_item"]["documentation"]["value"].strip("`\n"), "expected a multi-line suggestion"
     buffer = result["lines"]
