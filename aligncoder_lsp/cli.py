@@ -180,8 +180,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """Warnings and errors only on stderr unless ``-v``: editors show a language server's
+    stderr as errors (Neovim's LSP log records each line at ERROR level). A log file and
+    training runs also record progress."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
-    if getattr(args, "command", None) in ("serve", "train"):
+    command = getattr(args, "command", None)
+    if command == "train" or (command == "serve" and getattr(args, "log_file", None)):
         level = min(level, logging.INFO)
     handler: logging.Handler
     if getattr(args, "log_file", None):

@@ -122,8 +122,11 @@ class Encoder:
 
     def _load(self, folder: Path):
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
 
+        # A progress bar on stderr reaches editors as an error message (and logs are no terminal).
+        transformers.utils.logging.disable_progress_bar()
         if not (folder / "modules.json").exists() and not (folder / "config.json").exists():
             raise ModelUnavailable(f"retriever folder {folder} holds no sentence-transformers model")
         if self.threads:

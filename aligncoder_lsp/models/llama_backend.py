@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aligncoder_lsp.models.embedded import ModelUnavailable
+from aligncoder_lsp.models.llama_logs import route_llama_logs
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class LlamaModel:
     def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0):
         import llama_cpp
 
+        route_llama_logs()
         started = time.perf_counter()
         try:
             self.llm = llama_cpp.Llama(

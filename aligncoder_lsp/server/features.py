@@ -17,7 +17,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 
 from aligncoder_lsp.config import Settings
-from aligncoder_lsp.pipeline import Completion
+from aligncoder_lsp.pipeline import Completion, CompletionRequest
 from aligncoder_lsp.server.positions import to_client_units
 from aligncoder_lsp.server.server import AlignCoderServer
 
@@ -27,6 +27,8 @@ TRACE_COMMAND = "aligncoder.lastTrace"
 STATUS_COMMAND = "aligncoder.indexStatus"
 SEARCH_COMMAND = "aligncoder.search"
 _WORD_BEFORE = re.compile(r"[A-Za-z0-9_]*$")
+TRIGGER_CHARACTERS = [".", "(", ","]
+"""Where code usually goes on; not the space, which would ask for a completion at every word."""
 
 
 def build_server(settings: Settings | None = None) -> AlignCoderServer:
@@ -71,7 +73,7 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION,
-        types.CompletionOptions(trigger_characters=[".", "(", ",", " "], resolve_provider=False),
+        types.CompletionOptions(trigger_characters=TRIGGER_CHARACTERS, resolve_provider=False),
     )
     async def completion(ls: AlignCoderServer, params: types.CompletionParams) -> types.CompletionList:
         request = ls.snapshot(params.text_document.uri, params.position)
@@ -79,7 +81,8 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
         if result is None or not result.text.strip():
             return types.CompletionList(is_incomplete=False, items=[])
         ls.last_trace = result.trace.to_json()
-        return types.CompletionList(is_incomplete=False, items=[_completion_item(ls, request, params.position, result)])
+        item = completion_item(request, params.position, result, ls.workspace.position_encoding)
+        return types.CompletionList(is_incomplete=False, items=[item] if item else [])
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: AlignCoderServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -119,24 +122,32 @@ def build_server(settings: Settings | None = None) -> AlignCoderServer:
     return server
 
 
-def _completion_item(ls: AlignCoderServer, request, position: types.Position, result: Completion) -> types.CompletionItem:
-    """One item that replaces the identifier being typed, so client-side filtering keeps it
-    while the user types on."""
+def completion_item(request: CompletionRequest, position: types.Position, result: Completion,
+                    encoding: str = "utf-16") -> types.CompletionItem | None:
+    """The popup item for ``result``: it replaces the identifier being typed (so client-side
+    filtering keeps it while the user types on) and inserts the suggestion's first line only.
+
+    Some clients insert popup text as typed keys (Neovim 0.7's omnifunc puts a NUL
+    where a line break was, whether it comes as ``textEdit`` or ``insertText``), so a
+    multi-line item is not applied alike everywhere. The whole suggestion stays in the item's
+    documentation and in the inline completion, and as the user types on along it, its rest
+    is answered from memory. None when the suggestion begins on a line of its own (nothing to
+    insert on the cursor's line).
+    """
     line_text = request.text.split("\n")[request.line]
-    before = line_text[: request.column]
-    word = _WORD_BEFORE.search(before).group(0)
-    encoding = ls.workspace.position_encoding
+    word = _WORD_BEFORE.search(line_text[: request.column]).group(0)
+    first_line, newline, _ = result.text.partition("\n")
+    if not first_line.strip():
+        return None
+    new_text = word + first_line
     start = types.Position(position.line, to_client_units(line_text, request.column - len(word), encoding))
-    new_text = word + result.text
-    first_line = new_text.split("\n", 1)[0].strip()
-    label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
-    if "\n" in new_text:
-        label += " …"
+    label = new_text.strip()
+    label = label if len(label) <= 60 else label[:57] + "..."
     return types.CompletionItem(
-        label=label,
+        label=label + (" …" if newline else ""),
         kind=types.CompletionItemKind.Text,
         detail="aligncoder",
-        documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```{request.language}\n{new_text}\n```"),
+        documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```{request.language}\n{word + result.text}\n```"),
         filter_text=new_text,
         sort_text="0",
         text_edit=types.TextEdit(types.Range(start, position), new_text),

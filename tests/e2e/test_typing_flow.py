@@ -42,7 +42,7 @@ def test_completion_and_inline_completion_at_one_place_share_one_computation(ses
                "params": {**_params(), "context": {"triggerKind": 1}}})
     popup, ghost = peer.response("popup", 120), peer.response("ghost", 120)
     text = popup["result"]["items"][0]["textEdit"]["newText"]
-    assert text and text == ghost["result"]["items"][0]["insertText"]
+    assert text and text == ghost["result"]["items"][0]["insertText"].split("\n")[0]  # the popup inserts one line
     assert _computations(log) == 1
 
 
