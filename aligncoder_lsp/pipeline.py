@@ -19,6 +19,7 @@ from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_iden
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
+from aligncoder_lsp.models.backend import Backend, LocalBackend
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
     tail_within
@@ -80,6 +81,10 @@ class Trace:
     generated_tokens: int = 0
     stopped_by: str = ""
     model: str = ""
+    backend: str = ""
+    """Which backend generated (in-process llama.cpp or an engine's URL)."""
+    token_counting: str = ""
+    """How prompt budgets counted tokens: the model's tokenizer or an estimate."""
     typed_ahead: int = 0
     """Characters of a shown suggestion the user typed; the rest was answered without the model."""
 
@@ -101,6 +106,11 @@ def load_generator(settings: Settings) -> LlamaModel:
     return LlamaModel(path, model.n_ctx, settings.threads(), model.n_gpu_layers)
 
 
+def load_backend(settings: Settings) -> Backend:
+    """The configured backend: the in-process model, or the inference engine at ``engine.url``."""
+    return LocalBackend(load_generator(settings))
+
+
 class CompletionEngine:
     """Owns the models; call :meth:`complete` from one worker thread only.
 
@@ -118,20 +128,21 @@ class CompletionEngine:
         self._encoder: TextEncoder | None = None
         self._encoder_settings: tuple[str, str, int] | None = None
         self._encoder_lock = threading.Lock()
-        self._generator: LlamaModel | None = None
-        self._drafter: Drafter | None = None
+        self._generator: Backend | None = None
         self._policy: SelectivePolicy | None = None
 
-    def generator(self) -> LlamaModel:
-        """The loaded generator model (loaded on first use)."""
+    def generator(self) -> Backend:
+        """The generation backend (loaded on first use)."""
         if self._generator is None:
-            self._generator = load_generator(self.settings)
+            self._generator = load_backend(self.settings)
         return self._generator
 
     def drafter(self) -> Drafter:
-        if self._drafter is None or self._drafter.k != self.settings.retrieval.drafts:
-            self._drafter = Drafter(self.generator(), self.settings.retrieval.drafts)
-        return self._drafter
+        """The in-process drafter (training reseeds it per hole)."""
+        backend = self.generator()
+        if not isinstance(backend, LocalBackend):
+            raise ModelUnavailable("seeded drafts need the in-process model; unset engine.url")
+        return backend.drafter(self.settings.retrieval.drafts)
 
     def encoder(self) -> TextEncoder:
         """The retriever of the current settings; a new one (and its own vectors in the
@@ -158,9 +169,9 @@ class CompletionEngine:
         return self._policy
 
     def unload(self) -> None:
-        if self._drafter is not None:
-            self._drafter.close()
-        self._generator = self._drafter = None
+        if self._generator is not None:
+            self._generator.close()
+        self._generator = None
 
     def complete(self, request: CompletionRequest, cancel: threading.Event, mode: str | None = None) -> Completion:
         """Raises :class:`Cancelled` or :class:`ModelUnavailable`."""
@@ -199,7 +210,7 @@ class CompletionEngine:
         clock = _Clock(trace.timings_ms)
         model = self.generator()
         clock.lap("load")
-        trace.model = model.path.name
+        trace.model, trace.backend, trace.token_counting = model.model_name, model.name, model.token_counting
         prefix, suffix = request.split()
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
@@ -261,8 +272,8 @@ class CompletionEngine:
         local = tail_within(job.code, settings.draft_prefix_tokens, job.model.count_tokens)
         sampler_prompt = self.context_block(coarse, job.request.language, budget=settings.draft_context_tokens) + local
         max_lines = self.settings.completion.max_lines
-        drafts = self.drafter().draft(
-            sampler_prompt, settings.draft_tokens, cancel,
+        drafts = job.model.drafts(
+            sampler_prompt, settings.drafts, settings.draft_tokens, cancel,
             should_stop=lambda text: is_complete(text, job.cursor, max_lines),
             temperature=settings.draft_temperature, top_p=settings.draft_top_p)
         job.trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
@@ -322,7 +333,7 @@ class _Job:
     """One request on its way through the engine."""
 
     request: CompletionRequest
-    model: LlamaModel
+    model: Backend
     prefix: str
     cursor: Cursor
     code: str
