@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--log-file", help="write the log to this file instead of stderr")
     common.add_argument("--model", help="GGUF file of the generator (default: $ALIGNCODER_LSP_MODEL or the "
                         "embedded Gemma-3-270M)")
+    common.add_argument("--engine", metavar="URL", help="generate on the OpenAI-compatible inference engine at URL "
+                        "(default: $ALIGNCODER_LSP_ENGINE or in-process)")
     common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
     common.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
     common.add_argument("--cache-dir", help="cache directory (default: $ALIGNCODER_LSP_CACHE or "
@@ -174,7 +176,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def load_settings(args: argparse.Namespace) -> Settings:
     """The user's own configuration: config files, environment and these options (trusted)."""
     return load_user_settings(args.config, nested({
-        "model.generator": args.model, "model.nThreads": args.threads, "model.nGpuLayers": args.gpu_layers,
+        "model.generator": args.model, "engine.url": args.engine, "model.nThreads": args.threads, "model.nGpuLayers": args.gpu_layers,
         "cacheDir": args.cache_dir}))
 
 

@@ -85,6 +85,8 @@ class Trace:
     """Which backend generated (in-process llama.cpp or an engine's URL)."""
     token_counting: str = ""
     """How prompt budgets counted tokens: the model's tokenizer or an estimate."""
+    fallback: str = ""
+    """Why the configured backend did not answer, when the in-process model did instead."""
     typed_ahead: int = 0
     """Characters of a shown suggestion the user typed; the rest was answered without the model."""
 
@@ -101,14 +103,25 @@ class Completion:
 def load_generator(settings: Settings) -> LlamaModel:
     """The configured generator (the embedded Gemma-3-270M unless a GGUF is given)."""
     model = settings.model
-    path = check_gguf(Path(model.generator).expanduser()) if model.generator else \
-        embedded_generator(settings.resolved_cache_dir())
-    return LlamaModel(path, model.n_ctx, settings.threads(), model.n_gpu_layers)
+    return LlamaModel(local_generator_path(settings), model.n_ctx, settings.threads(), model.n_gpu_layers)
 
 
 def load_backend(settings: Settings) -> Backend:
-    """The configured backend: the in-process model, or the inference engine at ``engine.url``."""
-    return LocalBackend(load_generator(settings))
+    """The configured backend: the in-process model, or the inference engine at ``engine.url``
+    (with the in-process model as its fallback, loaded when first needed)."""
+    if not settings.engine.url:
+        return LocalBackend(load_generator(settings))
+    from aligncoder_lsp.models.remote import EngineWithFallback, RemoteEngine
+
+    engine = RemoteEngine(settings.engine)
+    engine.adopt_tokenizer(local_generator_path(settings))
+    return EngineWithFallback(engine, lambda: LocalBackend(load_generator(settings)))
+
+
+def local_generator_path(settings: Settings) -> Path:
+    """The GGUF file of the in-process generator (the embedded one unless ``model.generator``)."""
+    generator = settings.model.generator
+    return check_gguf(Path(generator).expanduser()) if generator else embedded_generator(settings.resolved_cache_dir())
 
 
 class CompletionEngine:
@@ -235,6 +248,8 @@ class CompletionEngine:
         job.trace.reused_tokens = generation.reused_tokens
         job.trace.generated_tokens = generation.generated_tokens
         job.trace.stopped_by = generation.stopped_by
+        if generation.backend:
+            job.trace.backend, job.trace.fallback = generation.backend, generation.fallback
         job.clock.lap("generate")
         return generation
 
