@@ -106,7 +106,7 @@ class RemoteEngine:
 
     def close(self) -> None:
         if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
@@ -126,6 +126,10 @@ class RemoteEngine:
         self._count = gguf_token_counter(local)
         self.model_name = local.name
         self.token_counting = f"model tokenizer ({local.name}, local)"
+
+    async def _shutdown(self) -> None:
+        await self._client.aclose()
+        await self._loop.shutdown_asyncgens()
 
     # -- the backend interface -------------------------------------------------------------
 
