@@ -114,7 +114,10 @@ def load_backend(settings: Settings) -> Backend:
     from aligncoder_lsp.models.remote import EngineWithFallback, RemoteEngine
 
     engine = RemoteEngine(settings.engine)
-    engine.adopt_tokenizer(local_generator_path(settings))
+    try:
+        engine.adopt_tokenizer(local_generator_path(settings))
+    except ModelUnavailable as error:
+        logger.info("no local tokenizer for prompt budgets (%s): they use the token estimate", error)
     return EngineWithFallback(engine, lambda: LocalBackend(load_generator(settings)))
 
 
