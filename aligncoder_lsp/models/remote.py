@@ -230,13 +230,15 @@ class RemoteEngine:
                         continue  # comments (keep-alive pings), event names, blank separators
                     data = line[len("data:"):].strip()
                     if data == "[DONE]":
-                        break
+                        return stream
                     if self._take(stream, _parse(data, self.url), should_stop):
-                        break  # leaving the block closes the stream: the engine stops generating
+                        return stream  # leaving the block closes the stream: the engine stops generating
         except httpx.TransportError as error:
             if isinstance(error, httpx.TimeoutException):
                 raise
             raise _Retry(f"is not reachable ({type(error).__name__})") from error
+        if len(stream.done) < len(stream.texts):
+            raise _malformed(self.url, "the stream ended before the answer did")
         return stream
 
     async def _check(self, response: httpx.Response) -> None:
@@ -298,8 +300,12 @@ def _parse(data: str | bytes, url: str) -> dict:
             return chunk
     except (ValueError, KeyError, TypeError):
         pass
-    logger.warning("the inference engine at %s sent a malformed answer: %r", url, str(data)[:300])
-    raise EngineUnavailable(f"the inference engine at {url} sent a malformed response (see the log)")
+    raise _malformed(url, repr(str(data)[:300]))
+
+
+def _malformed(url: str, detail: str) -> EngineUnavailable:
+    logger.warning("the inference engine at %s sent a malformed answer: %s", url, detail)
+    return EngineUnavailable(f"the inference engine at {url} sent a malformed response (see the log)")
 
 
 class EngineWithFallback:

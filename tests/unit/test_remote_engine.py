@@ -94,6 +94,8 @@ def test_a_slow_engine_times_out():
     (200, "text/event-stream", b'data: {"choices": "none"}\n\n', "malformed response"),
     (200, "text/event-stream", b'data: {"choices": [{"text": 7}]}\n\n', "malformed response"),
     (200, "text/html", b"<html>proxy login</html>", "malformed response"),
+    (200, "text/event-stream", b"<html>proxy login</html>", "malformed response"),  # was an empty answer
+    (200, "text/event-stream", b'data: {"choices": [{"index": 0, "text": "par"}]}\n\n', "malformed response"),
     (200, "application/json", b'{"error": {"message": "model not loaded"}}', "malformed response"),
     (500, "text/plain", b"Traceback...", r"refused the request \(HTTP 500"),
 ])
