@@ -64,13 +64,15 @@ class _Stream:
     finished: list[str]
     """Why each choice ended: ``stop`` (the cut), ``eos`` (the engine stopped), ``max_tokens``."""
     chunks: list[int]
+    logprobs: list[list[float]]
+    """Log-probability of each streamed token, where the engine sent them."""
     seen: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
     first_at: float | None = None
 
     @classmethod
     def of(cls, n: int) -> _Stream:
-        return cls([""] * n, ["max_tokens"] * n, [0] * n)
+        return cls([""] * n, ["max_tokens"] * n, [0] * n, [[] for _ in range(n)])
 
 
 class RemoteEngine:
@@ -140,12 +142,13 @@ class RemoteEngine:
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
         """Greedy continuation streamed from the engine (``suffix`` is not used: left to right)."""
         started = time.perf_counter()
-        stream = self._wait(self._complete(self._body(prompt, max_tokens, temperature=0.0), 1, should_stop), cancel)
+        body = {**self._body(prompt, max_tokens, temperature=0.0), "logprobs": 1}  # the selective policy reads them
+        stream = self._wait(self._complete(body, 1, should_stop), cancel)
         first = stream.first_at or time.perf_counter()
         return Generation(text=stream.texts[0], prompt_tokens=self.count_tokens(prompt), reused_tokens=0,
                           generated_tokens=stream.chunks[0], prompt_ms=(first - started) * 1000,
                           generate_ms=(time.perf_counter() - first) * 1000, stopped_by=stream.finished[0],
-                          logprobs=[])
+                          logprobs=stream.logprobs[0])
 
     def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
                should_stop: Callable[[str], bool] = lambda _: False,
@@ -264,6 +267,7 @@ class RemoteEngine:
                 stream.first_at = stream.first_at or time.perf_counter()
                 stream.texts[index] += text
                 stream.chunks[index] += 1
+                stream.logprobs[index] += _token_logprobs(choice.get("logprobs"))
             if text and should_stop(stream.texts[index]):
                 stream.finished[index] = "stop"
                 stream.done.add(index)
@@ -301,6 +305,15 @@ def _parse(data: str | bytes, url: str) -> dict:
     except (ValueError, KeyError, TypeError):
         pass
     raise _malformed(url, repr(str(data)[:300]))
+
+
+def _token_logprobs(logprobs: Any) -> list[float]:
+    """The ``token_logprobs`` of a choice's ``logprobs`` (OpenAI's completion format); none
+    where the engine sent none or something else."""
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    if not isinstance(values, list):
+        return []
+    return [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
 def _malformed(url: str, detail: str) -> EngineUnavailable:

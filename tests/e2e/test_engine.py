@@ -3,11 +3,16 @@ OpenAI-compatible server serving the embedded model (one thread), started once f
 and through engines that are down, slow or answer garbage."""
 
 import json
+import threading
 import time
 
 import pytest
 
+from aligncoder_lsp.config import Settings
 from aligncoder_lsp.evaluation.rpc import RpcPeer
+from aligncoder_lsp.models.llama_backend import LlamaModel
+from aligncoder_lsp.models.remote import RemoteEngine
+from aligncoder_lsp.pipeline import local_generator_path
 from tests.conftest import FIXTURES
 from tests.engines import FakeEngine, RealEngine, free_port, send
 
@@ -81,6 +86,22 @@ def test_completion_and_inline_completion_through_the_engine(engine, tmp_path):
     assert _posts(engine) == before + 2
     assert not _messages(peer)
     peer.close()
+
+
+def test_greedy_generation_matches_the_in_process_model(engine):
+    settings = Settings()
+    settings.engine.url = engine.url
+    remote = RemoteEngine(settings.engine)
+    remote.adopt_tokenizer(local_generator_path(settings))
+    local = LlamaModel(local_generator_path(settings), 1024, 1)
+    # Prompts whose greedy path has no near-tie: elsewhere the engine's reuse of its cached
+    # prompt prefix can move the last digits of the logits and flip a tie (same as in-process).
+    for prompt in (SHORT, LONG):
+        over_http, in_process = (backend.generate(prompt, 16, threading.Event()) for backend in (remote, local))
+        assert over_http.text == in_process.text
+        assert over_http.logprobs == pytest.approx(in_process.logprobs, abs=0.05)
+        assert remote.count_tokens(prompt) == local.count_tokens(prompt)
+    remote.close()
 
 
 def test_a_cancelled_completion_stops_the_engine(engine, tmp_path):

@@ -108,6 +108,20 @@ def test_malformed_answers_are_clear_errors(status, content_type, body, error):
     fake.close()
 
 
+def test_token_logprobs_are_taken_where_the_engine_sends_them():
+    chunks = [{"index": 0, "text": "a", "logprobs": {"token_logprobs": [-0.5]}},
+              {"index": 0, "text": "b", "logprobs": None},
+              {"index": 0, "text": "c", "logprobs": {"token_logprobs": "bogus"}},
+              {"index": 0, "text": "d", "logprobs": {"token_logprobs": [-1.25, None]}, "finish_reason": "length"}]
+    body = b"".join(b"data: %s\n\n" % json.dumps({"choices": [chunk]}).encode() for chunk in chunks)
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream", body + b"data: [DONE]\n\n"))
+    engine = _engine(fake.url)
+    generation = engine.generate("", 8, threading.Event())
+    assert (generation.text, generation.logprobs, generation.stopped_by) == ("abcd", [-0.5, -1.25], "max_tokens")
+    engine.close()
+    fake.close()
+
+
 def test_a_whole_json_answer_is_taken_as_well():
     body = json.dumps({"choices": [{"index": 0, "text": "done()", "finish_reason": "stop"}]}).encode()
     fake = FakeEngine(lambda handler, count: send(handler, 200, "application/json", body))
