@@ -211,19 +211,19 @@ class RemoteEngine:
                     return await asyncio.wait_for(self._stream(body, n, should_stop), settings.timeout)
             except _Retry as problem:
                 if attempt == settings.retries:
-                    raise EngineUnavailable(f"the inference engine at {self.url} {problem}") from None
+                    raise self._problem(str(problem)) from None
                 logger.info("%s %s; trying again (%d of %d)", self.name, problem, attempt + 1, settings.retries)
                 await asyncio.sleep(BACKOFF_SECONDS * 2 ** attempt)
             except (asyncio.TimeoutError, httpx.TimeoutException):
-                raise EngineUnavailable(f"the inference engine at {self.url} did not answer within "
-                                        f"engine.timeout ({settings.timeout:g} s)") from None
+                raise self._timed_out() from None
         raise AssertionError("unreachable")
 
     async def _stream(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
         """Stream one request's choices, closing the stream once every choice is whole."""
         stream = _Stream.of(n)
         try:
-            async with self._client.stream("POST", "/v1/completions", json=body) as response:
+            async with self._client.stream("POST", "/v1/completions", json=body,
+                                           timeout=self.settings.timeout) as response:
                 await self._check(response)
                 if "text/event-stream" not in response.headers.get("content-type", ""):
                     self._take(stream, _parse(await response.aread(), self.url), should_stop)
@@ -244,6 +244,12 @@ class RemoteEngine:
             raise _malformed(self.url, "the stream ended before the answer did")
         return stream
 
+    def _problem(self, what: str) -> EngineUnavailable:
+        return EngineUnavailable(f"the inference engine at {self.url} {what}")
+
+    def _timed_out(self) -> EngineUnavailable:
+        return self._problem(f"did not answer within engine.timeout ({self.settings.timeout:g} s)")
+
     async def _check(self, response: httpx.Response) -> None:
         if response.status_code == 200:
             return
@@ -251,8 +257,7 @@ class RemoteEngine:
         if response.status_code in RETRY_STATUS:
             raise _Retry(f"is busy (HTTP {response.status_code})")
         logger.warning("%s answered HTTP %d: %s", self.name, response.status_code, detail)
-        raise EngineUnavailable(f"the inference engine at {self.url} refused the request (HTTP "
-                                f"{response.status_code}; see the log)")
+        raise self._problem(f"refused the request (HTTP {response.status_code}; see the log)")
 
     @staticmethod
     def _take(stream: _Stream, chunk: dict, should_stop: Callable[[str], bool]) -> bool:
@@ -278,18 +283,17 @@ class RemoteEngine:
 
     async def _models(self) -> list[str]:
         try:
-            response = await asyncio.wait_for(self._client.get("/v1/models"), self.settings.timeout)
+            response = await asyncio.wait_for(self._client.get("/v1/models", timeout=self.settings.timeout),
+                                              self.settings.timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise EngineUnavailable(f"the inference engine at {self.url} did not answer within "
-                                    f"engine.timeout ({self.settings.timeout:g} s)") from None
+            raise self._timed_out() from None
         except httpx.TransportError as error:
-            raise EngineUnavailable(f"the inference engine at {self.url} is not reachable "
-                                    f"({type(error).__name__})") from None
+            raise self._problem(f"is not reachable ({type(error).__name__})") from None
         await self._check(response)
         try:
             return [str(model["id"]) for model in response.json()["data"]]
         except (ValueError, KeyError, TypeError):
-            raise EngineUnavailable(f"the inference engine at {self.url} sent a malformed model list") from None
+            raise self._problem("sent a malformed model list") from None
 
 
 def _parse(data: str | bytes, url: str) -> dict:

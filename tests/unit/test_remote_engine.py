@@ -89,6 +89,14 @@ def test_a_slow_engine_times_out():
     fake.close()
 
 
+def test_a_slow_first_token_within_the_timeout_is_waited_for():
+    fake = FakeEngine(lambda handler, count: (time.sleep(6), send(handler, 200, "text/event-stream", events("late"))))
+    engine = _engine(fake.url, timeout=20)  # a long prompt on a busy CPU engine: seconds before the first token
+    assert engine.generate("", 8, threading.Event()).text == "late"
+    engine.close()
+    fake.close()
+
+
 @pytest.mark.parametrize(("status", "content_type", "body", "error"), [
     (200, "text/event-stream", b"data: {not json\n\n", "malformed response"),
     (200, "text/event-stream", b'data: {"choices": "none"}\n\n', "malformed response"),
