@@ -176,8 +176,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def load_settings(args: argparse.Namespace) -> Settings:
     """The user's own configuration: config files, environment and these options (trusted)."""
     return load_user_settings(args.config, nested({
-        "model.generator": args.model, "engine.url": args.engine, "model.nThreads": args.threads, "model.nGpuLayers": args.gpu_layers,
-        "cacheDir": args.cache_dir}))
+        "model.generator": args.model, "engine.url": args.engine, "model.nThreads": args.threads,
+        "model.nGpuLayers": args.gpu_layers, "cacheDir": args.cache_dir}))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -461,15 +461,13 @@ def _check_generator(settings: Settings) -> str:
 def _check_engine(settings: Settings) -> list[str]:
     """The engine as completions would use it: reachable, what it serves, how prompts are
     budgeted, and the latency of one short greedy completion."""
-    from aligncoder_lsp.models.remote import RemoteEngine
-    from aligncoder_lsp.pipeline import local_generator_path
+    from aligncoder_lsp.pipeline import connect_engine
 
-    engine = RemoteEngine(settings.engine)
+    engine = connect_engine(settings)
     try:
         started = time.perf_counter()
         models = engine.models()
         listed = (time.perf_counter() - started) * 1000
-        engine.adopt_tokenizer(local_generator_path(settings))
         started = time.perf_counter()
         generation = engine.generate("def add(a, b):\n", 8, threading.Event())
         completed = (time.perf_counter() - started) * 1000

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aligncoder_lsp.config import MODES, Settings
 from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_identity
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
 from aligncoder_lsp.models.backend import Backend, LocalBackend
+from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
     tail_within
@@ -28,6 +29,8 @@ from aligncoder_lsp.retrieval.coarse import coarse_candidates
 from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
 from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_features
 
+if TYPE_CHECKING:
+    from aligncoder_lsp.models.remote import RemoteEngine
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +114,22 @@ def load_backend(settings: Settings) -> Backend:
     (with the in-process model as its fallback, loaded when first needed)."""
     if not settings.engine.url:
         return LocalBackend(load_generator(settings))
-    from aligncoder_lsp.models.remote import EngineWithFallback, RemoteEngine
+    from aligncoder_lsp.models.remote import EngineWithFallback
+
+    return EngineWithFallback(connect_engine(settings), lambda: LocalBackend(load_generator(settings)))
+
+
+def connect_engine(settings: Settings) -> RemoteEngine:
+    """The engine at ``engine.url``, counting prompt tokens with the local generator's
+    tokenizer when the engine serves the same model."""
+    from aligncoder_lsp.models.remote import RemoteEngine
 
     engine = RemoteEngine(settings.engine)
     try:
         engine.adopt_tokenizer(local_generator_path(settings))
     except ModelUnavailable as error:
         logger.info("no local tokenizer for prompt budgets (%s): they use the token estimate", error)
-    return EngineWithFallback(engine, lambda: LocalBackend(load_generator(settings)))
+    return engine
 
 
 def local_generator_path(settings: Settings) -> Path:

@@ -3,6 +3,9 @@ OpenAI-compatible server serving the embedded model (one thread), started once f
 and through engines that are down, slow or answer garbage."""
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -158,6 +161,18 @@ def test_engine_down_then_fallback_then_back(engine, tmp_path):
     assert trace["backend"] == f"engine {engine.url}" and again == answer
     peer.close()
     assert b"answers again" in b"".join(peer.stderr_lines)
+
+
+def test_doctor_checks_the_engine(engine):
+    doctor = [sys.executable, "-m", "aligncoder_lsp", "doctor", "--engine"]
+    up = subprocess.run([*doctor, engine.url], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"url        {engine.url} (reachable" in up.stdout and "gemma-3-270m-q4_k_m.gguf" in up.stdout
+    assert "tokens     model tokenizer (gemma-3-270m-q4_k_m.gguf, local)" in up.stdout
+    assert re.search(r"completion \d+ tokens in \d+ ms \(first after \d+ ms\)", up.stdout), up.stdout
+    down = subprocess.run([*doctor, f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=300)
+    assert down.returncode == 1 and "UNAVAILABLE: the inference engine at" in down.stdout, down.stdout
+    assert "status: PROBLEMS FOUND" in down.stdout
 
 
 def test_a_slow_engine_times_out(tmp_path):
