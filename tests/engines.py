@@ -40,7 +40,7 @@ class RealEngine:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "4096"],
+                 "--port", str(self.port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
@@ -64,7 +64,8 @@ class RealEngine:
 
 class FakeEngine:
     """An HTTP server in a thread whose every ``POST`` is answered by ``reply(handler, count)``
-    (``count``: the requests so far); ``GET /v1/models`` lists one model."""
+    (``count``: the requests so far; ``handler.rfile_body``: the request's body);
+    ``GET /v1/models`` lists one model."""
 
     def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None]):
         self.requests = 0
@@ -75,7 +76,7 @@ class FakeEngine:
                 send(self, 200, "application/json", b'{"object": "list", "data": [{"id": "fake"}]}')
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.rfile_body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 engine.requests += 1
                 reply(self, engine.requests)
 

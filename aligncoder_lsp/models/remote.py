@@ -89,6 +89,8 @@ class RemoteEngine:
         self.token_counting = f"estimate ({CHARS_PER_TOKEN} characters per token)"
         self._n_works: bool | None = None
         """Whether the engine honours ``n`` (several choices per request); None until tried."""
+        self._logprobs_work: bool | None = None
+        """Whether the engine answers requests for log-probabilities; None until tried."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-client", daemon=True)
         self._thread.start()
@@ -142,13 +144,30 @@ class RemoteEngine:
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
         """Greedy continuation streamed from the engine (``suffix`` is not used: left to right)."""
         started = time.perf_counter()
-        body = {**self._body(prompt, max_tokens, temperature=0.0), "logprobs": 1}  # the selective policy reads them
-        stream = self._wait(self._complete(body, 1, should_stop), cancel)
+        stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
         first = stream.first_at or time.perf_counter()
         return Generation(text=stream.texts[0], prompt_tokens=self.count_tokens(prompt), reused_tokens=0,
                           generated_tokens=stream.chunks[0], prompt_ms=(first - started) * 1000,
                           generate_ms=(time.perf_counter() - first) * 1000, stopped_by=stream.finished[0],
                           logprobs=stream.logprobs[0])
+
+    def _greedy(self, body: dict[str, Any], should_stop: Callable[[str], bool], cancel: threading.Event) -> _Stream:
+        """One greedy completion, with the tokens' log-probabilities (the selective policy reads
+        them) until the engine fails a request for them and answers one without them
+        (llama-cpp-python's server started without ``logits_all``)."""
+        if self._logprobs_work is False:
+            return self._wait(self._complete(body, 1, should_stop), cancel)
+        try:
+            stream = self._wait(self._complete({**body, "logprobs": 1}, 1, should_stop), cancel)
+        except EngineUnavailable:
+            if self._logprobs_work:
+                raise
+            stream = self._wait(self._complete(body, 1, should_stop), cancel)
+            logger.info("%s gives no log-probabilities: the selective policy sees none", self.name)
+            self._logprobs_work = False
+            return stream
+        self._logprobs_work = True
+        return stream
 
     def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
                should_stop: Callable[[str], bool] = lambda _: False,

@@ -130,6 +130,24 @@ def test_token_logprobs_are_taken_where_the_engine_sends_them():
     fake.close()
 
 
+def test_an_engine_without_logprobs_is_asked_without_them():
+    asked = []
+
+    def reply(handler, count):
+        body = json.loads(handler.rfile_body)
+        asked.append("logprobs" in body)
+        # llama-cpp-python's server without logits_all ends such a stream at once
+        send(handler, 200, "text/event-stream", b"" if "logprobs" in body else events("ok"))
+
+    fake = FakeEngine(reply)
+    engine = _engine(fake.url)
+    assert engine.generate("", 8, threading.Event()).text == "ok"
+    assert engine.generate("", 8, threading.Event()).text == "ok"
+    assert asked == [True, False, False]
+    engine.close()
+    fake.close()
+
+
 def test_a_whole_json_answer_is_taken_as_well():
     body = json.dumps({"choices": [{"index": 0, "text": "done()", "finish_reason": "stop"}]}).encode()
     fake = FakeEngine(lambda handler, count: send(handler, 200, "application/json", body))
