@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--log-file", help="write the log to this file instead of stderr")
     common.add_argument("--model", help="GGUF file of the generator (default: $ALIGNCODER_LSP_MODEL or the "
                         "embedded Gemma-3-270M)")
+    common.add_argument("--engine", metavar="URL", help="generate on the OpenAI-compatible inference engine at URL "
+                        "(default: $ALIGNCODER_LSP_ENGINE or in-process)")
     common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
     common.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
     common.add_argument("--cache-dir", help="cache directory (default: $ALIGNCODER_LSP_CACHE or "
@@ -203,8 +205,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def load_settings(args: argparse.Namespace) -> Settings:
     """The user's own configuration: config files, environment and these options (trusted)."""
     return load_user_settings(args.config, nested({
-        "model.generator": args.model, "model.nThreads": args.threads, "model.nGpuLayers": args.gpu_layers,
-        "cacheDir": args.cache_dir}))
+        "model.generator": args.model, "engine.url": args.engine, "model.nThreads": args.threads,
+        "model.nGpuLayers": args.gpu_layers, "cacheDir": args.cache_dir}))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -471,7 +473,7 @@ def _doctor(args: argparse.Namespace) -> int:
     ok = True
     print(f"aligncoder-lsp {__version__}, Python {platform.python_version()} on {platform.platform()}")
     for package in ("llama-cpp-python", "pygls", "lsprotocol", "sentence-transformers", "torch",
-                    "tree-sitter", "tree-sitter-python", "tree-sitter-java", "rank-bm25", "watchdog"):
+                    "tree-sitter", "tree-sitter-python", "tree-sitter-java", "rank-bm25", "watchdog", "httpx"):
         try:
             print(f"  {package:24} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -488,6 +490,14 @@ def _doctor(args: argparse.Namespace) -> int:
     except ModelUnavailable as error:
         print(f"  retriever  UNAVAILABLE: {error}")
         ok = False
+    if settings.engine.url:
+        print("engine:")
+        try:
+            for line in _check_engine(settings):
+                print(f"  {line}")
+        except ModelUnavailable as error:
+            print(f"  UNAVAILABLE: {error}")
+            ok = False
     print("hardware:")
     print(f"  cpu cores  {len(os.sched_getaffinity(0))} usable, llama.cpp threads {settings.threads()}")
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -520,6 +530,28 @@ def _check_generator(settings: Settings) -> str:
     loaded = LlamaModel(path, 256, settings.threads(), settings.model.n_gpu_layers)
     return (f"{path} ({layout.file_bytes / 2**20:.0f} MiB, GGUF v{layout.version}, {layout.tensors} tensors; "
             f"checked in {checked:.2f} s, loaded by llama.cpp in {loaded.load_seconds:.2f} s)")
+
+
+def _check_engine(settings: Settings) -> list[str]:
+    """The engine as completions would use it: reachable, what it serves, how prompts are
+    budgeted, and the latency of one short greedy completion."""
+    from aligncoder_lsp.pipeline import connect_engine
+
+    engine = connect_engine(settings)
+    try:
+        started = time.perf_counter()
+        models = engine.models()
+        listed = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        generation = engine.generate("def add(a, b):\n", 8, threading.Event())
+        completed = (time.perf_counter() - started) * 1000
+    finally:
+        engine.close()
+    return [f"url        {engine.url} (reachable, model list in {listed:.0f} ms)",
+            f"models     {', '.join(models) or 'none listed'}; asking for {settings.engine.model or 'its default'}",
+            f"tokens     {engine.token_counting}",
+            f"completion {generation.generated_tokens} tokens in {completed:.0f} ms "
+            f"(first after {generation.prompt_ms:.0f} ms): {generation.text!r}"]
 
 
 def _nvidia_gpus() -> str:

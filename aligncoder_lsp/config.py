@@ -7,7 +7,8 @@ rules across fields (:data:`RULES`: the prompt budgets must fit the context wind
 checked after each merge. Invalid input gives one warning and keeps the previous value,
 never an exception.
 
-Trust: the settings in :data:`USER_ONLY` name files the server loads or writes, so they are
+Trust: the settings in :data:`USER_ONLY` name files the server loads or writes, or where it
+sends code and which secret it sends along (the engine's URL and API-key variable), so they are
 taken only from the user's own configuration (the command line, the environment, the user
 config file, ``--config``), never from the client's ``initializationOptions`` or
 ``workspace/didChangeConfiguration``, which a repository's editor configuration can set.
@@ -194,9 +195,44 @@ class CompletionSettings:
     """Upper bound of lines in a multi-line completion."""
 
 
+def _matches(pattern: str, what: str) -> Any:
+    """A validator: the empty string or a full match of ``pattern``."""
+    compiled = re.compile(pattern)
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value and not compiled.fullmatch(value):
+            raise ValueError(f"{attribute.name} must be {what}")
+    return check
+
+
+@attrs.define
+class EngineSettings:
+    """A remote inference engine (OpenAI-compatible ``/v1/completions``) used instead of the in-process model."""
+
+    url: str = _setting("", [instance_of(str), _matches(r"https?://\S+", "an http(s) URL")],
+                        "http(s) URL (user config only)", Applies.MODEL, user_only=True, env="ALIGNCODER_LSP_ENGINE")
+    """Base URL of the engine, e.g. http://gpu-box:8080 (empty: generate in-process)."""
+    model: str = _setting("", [instance_of(str)], "string", Applies.MODEL)
+    """Model name sent to the engine (empty: the engine's own choice)."""
+    api_key_env: str = _setting("", [instance_of(str), _matches(r"[A-Za-z_][A-Za-z0-9_]*", "a variable name")],
+                                "environment variable name (user config only)", Applies.MODEL, user_only=True)
+    """Name of the environment variable that holds the engine's API key (never the key itself)."""
+    timeout: float = _real(30.0, 0, 600, above=True)
+    """Seconds one engine request may take, streaming included, before it is given up."""
+    retries: int = _integer(2, 0, 10)
+    """Further attempts after a refused connection or a busy engine (HTTP 429/502/503/504), with backoff."""
+    concurrency: int = _integer(4, 1, 256, applies=Applies.MODEL)
+    """Requests this server sends the engine at once (the drafts' parallel requests count)."""
+    fallback: bool = _flag(False)
+    """Generate in-process while the engine is unavailable."""
+    stop: list[str] = _setting([], [deep_iterable(instance_of(str), instance_of(list))], "list of strings")
+    """Stop sequences sent with every request (the engine stops at the model's end of text by itself)."""
+
+
 @attrs.define
 class Settings:
     model: ModelSettings = attrs.Factory(ModelSettings)
+    engine: EngineSettings = attrs.Factory(EngineSettings)
     retrieval: RetrievalSettings = attrs.Factory(RetrievalSettings)
     retriever: RetrieverSettings = attrs.Factory(RetrieverSettings)
     index: IndexSettings = attrs.Factory(IndexSettings)
@@ -311,7 +347,7 @@ def _join(where: str, name: str) -> str:
 def _refusal(key: str, attribute: attrs.Attribute) -> str:
     env = attribute.metadata["env"]
     return (f"settings.{key}: not taken from the editor's or the workspace's settings (it names files the "
-            f"server loads or writes); set it in {user_config_file()}, a --config file, on the command line"
+            f"server loads or writes, or where code and keys are sent); set it in {user_config_file()}, a --config file, on the command line"
             f"{f' or in ${env}' if env else ''}")
 
 
@@ -386,7 +422,8 @@ def user_config_file(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def environment_settings(environ: Mapping[str, str] = os.environ) -> dict:
-    """The settings named by environment variables (``ALIGNCODER_LSP_CACHE``, ``ALIGNCODER_LSP_MODEL``)."""
+    """The settings named by environment variables (``ALIGNCODER_LSP_CACHE``, ``ALIGNCODER_LSP_MODEL``,
+    ``ALIGNCODER_LSP_ENGINE``)."""
     return nested({key: environ.get(attribute.metadata["env"]) for key, _, attribute, _ in _leaves(Settings())
                    if attribute.metadata["env"]})
 

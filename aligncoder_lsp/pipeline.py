@@ -14,11 +14,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aligncoder_lsp.config import MODES, Settings
 from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_identity
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from aligncoder_lsp.models.backend import Backend, LocalBackend
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
 from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
 from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
@@ -28,6 +30,8 @@ from aligncoder_lsp.retrieval.coarse import coarse_candidates
 from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
 from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_features
 
+if TYPE_CHECKING:
+    from aligncoder_lsp.models.remote import RemoteEngine
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,12 @@ class Trace:
     generated_tokens: int = 0
     stopped_by: str = ""
     model: str = ""
+    backend: str = ""
+    """Which backend generated (in-process llama.cpp or an engine's URL)."""
+    token_counting: str = ""
+    """How prompt budgets counted tokens: the model's tokenizer or an estimate."""
+    fallback: str = ""
+    """Why the configured backend did not answer, when the in-process model did instead."""
     typed_ahead: int = 0
     """Characters of a shown suggestion the user typed; the rest was answered without the model."""
     kept_context: bool = False
@@ -102,9 +112,36 @@ class Completion:
 def load_generator(settings: Settings) -> LlamaModel:
     """The configured generator (the embedded Gemma-3-270M unless a GGUF is given)."""
     model = settings.model
-    path = check_gguf(Path(model.generator).expanduser()) if model.generator else \
-        embedded_generator(settings.resolved_cache_dir())
-    return LlamaModel(path, model.n_ctx, settings.threads(), model.n_gpu_layers)
+    return LlamaModel(local_generator_path(settings), model.n_ctx, settings.threads(), model.n_gpu_layers)
+
+
+def load_backend(settings: Settings) -> Backend:
+    """The configured backend: the in-process model, or the inference engine at ``engine.url``
+    (with the in-process model as its fallback, loaded when first needed)."""
+    if not settings.engine.url:
+        return LocalBackend(load_generator(settings))
+    from aligncoder_lsp.models.remote import EngineWithFallback
+
+    return EngineWithFallback(connect_engine(settings), lambda: LocalBackend(load_generator(settings)))
+
+
+def connect_engine(settings: Settings) -> RemoteEngine:
+    """The engine at ``engine.url``, counting prompt tokens with the local generator's
+    tokenizer when the engine serves the same model."""
+    from aligncoder_lsp.models.remote import RemoteEngine
+
+    engine = RemoteEngine(settings.engine)
+    try:
+        engine.adopt_tokenizer(local_generator_path(settings))
+    except ModelUnavailable as error:
+        logger.info("no local tokenizer for prompt budgets (%s): they use the token estimate", error)
+    return engine
+
+
+def local_generator_path(settings: Settings) -> Path:
+    """The GGUF file of the in-process generator (the embedded one unless ``model.generator``)."""
+    generator = settings.model.generator
+    return check_gguf(Path(generator).expanduser()) if generator else embedded_generator(settings.resolved_cache_dir())
 
 
 class CompletionEngine:
@@ -131,20 +168,21 @@ class CompletionEngine:
         self._encoder: TextEncoder | None = None
         self._encoder_settings: tuple[str, str, int] | None = None
         self._encoder_lock = threading.Lock()
-        self._generator: LlamaModel | None = None
-        self._drafter: Drafter | None = None
+        self._generator: Backend | None = None
         self._policy: SelectivePolicy | None = None
 
-    def generator(self) -> LlamaModel:
-        """The loaded generator model (loaded on first use)."""
+    def generator(self) -> Backend:
+        """The generation backend (loaded on first use)."""
         if self._generator is None:
-            self._generator = load_generator(self.settings)
+            self._generator = load_backend(self.settings)
         return self._generator
 
     def drafter(self) -> Drafter:
-        if self._drafter is None or self._drafter.k != self.settings.retrieval.drafts:
-            self._drafter = Drafter(self.generator(), self.settings.retrieval.drafts)
-        return self._drafter
+        """The in-process drafter (training reseeds it per hole)."""
+        backend = self.generator()
+        if not isinstance(backend, LocalBackend):
+            raise ModelUnavailable("seeded drafts need the in-process model; unset engine.url")
+        return backend.drafter(self.settings.retrieval.drafts)
 
     def encoder(self) -> TextEncoder:
         """The retriever of the current settings; a new one (and its own vectors in the
@@ -171,9 +209,9 @@ class CompletionEngine:
         return self._policy
 
     def unload(self) -> None:
-        if self._drafter is not None:
-            self._drafter.close()
-        self._generator = self._drafter = None
+        if self._generator is not None:
+            self._generator.close()
+        self._generator = None
 
     def complete(self, request: CompletionRequest, cancel: threading.Event, mode: str | None = None) -> Completion:
         """Raises :class:`Cancelled` or :class:`ModelUnavailable`."""
@@ -212,7 +250,7 @@ class CompletionEngine:
         clock = _Clock(trace.timings_ms)
         model = self.generator()
         clock.lap("load")
-        trace.model = model.path.name
+        trace.model, trace.backend, trace.token_counting = model.model_name, model.name, model.token_counting
         prefix, suffix = request.split()
         cursor = Cursor.at(prefix, suffix)
         trace.shape = cursor.mode
@@ -237,6 +275,8 @@ class CompletionEngine:
         job.trace.reused_tokens = generation.reused_tokens
         job.trace.generated_tokens = generation.generated_tokens
         job.trace.stopped_by = generation.stopped_by
+        if generation.backend:
+            job.trace.backend, job.trace.fallback = generation.backend, generation.fallback
         job.clock.lap("generate")
         return generation
 
@@ -299,8 +339,8 @@ class CompletionEngine:
         local = tail_within(job.code, settings.draft_prefix_tokens, job.model.count_tokens)
         sampler_prompt = self.context_block(coarse, job.request.language, budget=settings.draft_context_tokens) + local
         max_lines = self.settings.completion.max_lines
-        drafts = self.drafter().draft(
-            sampler_prompt, settings.draft_tokens, cancel,
+        drafts = job.model.drafts(
+            sampler_prompt, settings.drafts, settings.draft_tokens, cancel,
             should_stop=lambda text: is_complete(text, job.cursor, max_lines),
             temperature=settings.draft_temperature, top_p=settings.draft_top_p)
         job.trace.timings_ms["draft_prompt_eval"] = round(drafts.prompt_ms, 1)
@@ -363,7 +403,7 @@ class _Job:
     """One request on its way through the engine."""
 
     request: CompletionRequest
-    model: LlamaModel
+    model: Backend
     prefix: str
     cursor: Cursor
     code: str

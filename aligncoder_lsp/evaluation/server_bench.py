@@ -93,7 +93,7 @@ def _summary(values: list[float]) -> dict:
 
 def main(args) -> int:
     server_args = []
-    for flag, value in (("--model", args.model), ("--threads", args.threads)):
+    for flag, value in (("--model", args.model), ("--engine", args.engine), ("--threads", args.threads)):
         if value:
             server_args += [flag, str(value)]
     report = run(args.tasks, args.repos, args.repo, args.requests, server_args)

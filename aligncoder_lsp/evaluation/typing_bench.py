@@ -517,8 +517,8 @@ def _percent(share: float | None) -> str:
 
 def server_command(args) -> list[str]:
     command = [sys.executable, "-m", "aligncoder_lsp", "serve"]
-    for flag, value in (("--model", args.model), ("--threads", args.threads), ("--gpu-layers", args.gpu_layers),
-                        ("--cache-dir", args.cache_dir), ("--config", args.config)):
+    for flag, value in (("--model", args.model), ("--engine", args.engine), ("--threads", args.threads),
+                        ("--gpu-layers", args.gpu_layers), ("--cache-dir", args.cache_dir), ("--config", args.config)):
         if value is not None:
             command += [flag, str(value)]
     return command

@@ -91,6 +91,21 @@ class Generation:
     stopped_by: str
     logprobs: list[float]
     """Log-probability of each generated token (the model's confidence)."""
+    backend: str = ""
+    """Which backend generated, when it is not the one asked (a fallback)."""
+    fallback: str = ""
+    """Why the backend asked could not generate, when another one did."""
+
+
+def gguf_token_counter(path: Path) -> Callable[[str], int]:
+    """Token counts by a GGUF file's tokenizer alone (the weights are not loaded)."""
+    import llama_cpp
+
+    try:
+        vocabulary = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except Exception as error:  # llama.cpp reports bad files as ValueError or OSError
+        raise ModelUnavailable(f"llama.cpp could not read the tokenizer of {path}: {error}") from error
+    return lambda text: len(vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 class LlamaModel:

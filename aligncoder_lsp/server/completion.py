@@ -99,7 +99,9 @@ class CompletionFeature:
 
     async def _settle(self, work: asyncio.Future, key: Key, job: _Job) -> Completion | None:
         try:
-            return await work
+            completion = await work
+            self.server.report_backend(completion.trace)
+            return completion
         except Cancelled:
             raise asyncio.CancelledError() from None
         except ModelUnavailable as error:

@@ -23,7 +23,7 @@ from aligncoder_lsp.config import APPLIES, Applies, Settings, changed_keys, merg
 from aligncoder_lsp.index.embeddings import EncoderProcess
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.embedded import ModelUnavailable
-from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
+from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest, Trace
 from aligncoder_lsp.server.completion import CompletionFeature
 from aligncoder_lsp.server.indexing import IndexFeature
 from aligncoder_lsp.server.positions import to_code_points
@@ -117,12 +117,24 @@ class AlignCoderServer(LanguageServer):
 
     def report_model_error(self, error: ModelUnavailable) -> None:
         """One clear message per distinct problem: log + window/showMessage."""
-        message = f"aligncoder-lsp: {error}"
+        self._report_once(f"aligncoder-lsp: {error}", types.MessageType.Error)
+
+    def report_backend(self, trace: Trace) -> None:
+        """After a completion: a fallback to the in-process model is reported like a model error
+        (once); an answer from the configured backend ends the problem it had."""
+        if trace.fallback:
+            self._report_once(f"aligncoder-lsp: {trace.fallback}; completing with the in-process model meanwhile",
+                              types.MessageType.Warning)
+        elif self.model_error is not None and "inference engine" in self.model_error:
+            logger.info("%s answers again", trace.backend)
+            self.model_error = None
+
+    def _report_once(self, message: str, kind: types.MessageType) -> None:
         if message == self.model_error:
             return
         self.model_error = message
-        logger.error("%s", message)
-        self.window_show_message(types.ShowMessageParams(types.MessageType.Error, message))
+        logger.log(logging.ERROR if kind == types.MessageType.Error else logging.WARNING, "%s", message)
+        self.window_show_message(types.ShowMessageParams(kind, message))
 
     # -- completion ------------------------------------------------------------------
 

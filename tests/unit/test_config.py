@@ -97,6 +97,9 @@ EDGES = [  # setting, values refused, values accepted
     ("retriever.maxTokens", [0, 15, 8193], [16, 512]),
     ("retriever.threads", [-1, 257], [0, 256]),
     ("index.maxFileBytes", [0, 1023, 2**26 + 1], [1024, 2**26]),
+    ("engine.timeout", [0, -1, 601], [0.5, 600]),
+    ("engine.retries", [-1, 11], [0, 10]),
+    ("engine.concurrency", [0, 257], [1, 256]),
     ("completion.prefixTokens", [0], [1, 2000]),
     ("completion.suffixTokens", [-1], [0, 1000]),
     ("completion.maxLines", [0, 201], [1, 200]),
@@ -203,7 +206,27 @@ def test_a_repeated_problem_is_reported_once():
 # -- trust ------------------------------------------------------------------------------------
 
 def test_paths_the_server_loads_are_user_only():
-    assert USER_ONLY == {"cacheDir", "model.generator", "retriever.model", "retrieval.policy"}
+    assert USER_ONLY == {"cacheDir", "model.generator", "retriever.model", "retrieval.policy", "engine.url",
+                         "engine.apiKeyEnv"}
+
+
+def test_a_workspace_cannot_send_completions_or_keys_elsewhere():
+    settings = Settings()
+    warnings = merge(settings, {"engine": {"url": "http://attacker.example", "apiKeyEnv": "AWS_SECRET_ACCESS_KEY",
+                                           "model": "m", "timeout": 5}})
+    assert len(warnings) == 2 and all("where code and keys are sent" in warning for warning in warnings)
+    assert "ALIGNCODER_LSP_ENGINE" in next(w for w in warnings if "engine.url" in w)
+    assert (settings.engine.url, settings.engine.api_key_env) == ("", "")
+    assert (settings.engine.model, settings.engine.timeout) == ("m", 5.0)
+
+
+def test_engine_settings_are_checked():
+    settings = Settings()
+    warnings = merge(settings, {"engine": {"url": "gpu-box:8080", "apiKeyEnv": "MY KEY", "timeout": 0,
+                                           "retries": -1}}, trusted=True)
+    assert len(warnings) == 4
+    assert (settings.engine.url, settings.engine.api_key_env, settings.engine.timeout) == ("", "", 30.0)
+    assert merge(settings, {"engine": {"url": "https://gpu-box:8080/", "apiKeyEnv": "ENGINE_KEY"}}, trusted=True) == []
 
 
 def test_client_cannot_set_user_only_settings(tmp_path, monkeypatch):

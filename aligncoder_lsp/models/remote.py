@@ -1,0 +1,389 @@
+"""A remote inference engine over HTTP: any OpenAI-compatible ``/v1/completions`` (llama.cpp's
+server, llama-cpp-python's, vLLM, TGI, Ollama).
+
+Completions stream (server-sent events), so the same ``should_stop`` cut as in-process
+generation closes the stream as soon as the answer is whole, and a cancelled request closes
+it at once: the engine sees the disconnect and stops generating. The HTTP client is async and
+lives on an event loop thread of its own; the model thread waits on it and polls the
+request's cancel event.
+
+Prompt budgets count tokens with the local GGUF tokenizer when the engine serves the same
+model, otherwise with an estimate of :data:`CHARS_PER_TOKEN` characters per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from aligncoder_lsp.config import EngineSettings
+from aligncoder_lsp.models.backend import Backend
+from aligncoder_lsp.models.embedded import ModelUnavailable
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafts, Generation, gguf_token_counter
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHARS_PER_TOKEN = 3
+"""Characters per token of the estimate (code runs 3 to 4; the lower bound keeps prompts within budget)."""
+CANCEL_POLL_SECONDS = 0.01
+"""How often the model thread looks at the cancel event while the engine works."""
+BACKOFF_SECONDS = 0.25
+"""First wait before a retry; doubled at each further one."""
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+"""Answers of a busy or restarting engine, worth another attempt."""
+
+
+class EngineUnavailable(ModelUnavailable):
+    """The engine could not answer: not reachable, too slow, refused, or a malformed answer.
+    The message names the engine and the kind of problem only, so repeats read the same."""
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (the engine refused the connection or is busy)."""
+
+
+@dataclass
+class _Stream:
+    """What the choices of one completion request streamed."""
+
+    texts: list[str]
+    finished: list[str]
+    """Why each choice ended: ``stop`` (the cut), ``eos`` (the engine stopped), ``max_tokens``."""
+    chunks: list[int]
+    logprobs: list[list[float]]
+    """Log-probability of each streamed token, where the engine sent them."""
+    seen: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set)
+    first_at: float | None = None
+
+    @classmethod
+    def of(cls, n: int) -> _Stream:
+        return cls([""] * n, ["max_tokens"] * n, [0] * n, [[] for _ in range(n)])
+
+
+class RemoteEngine:
+    """The backend of an engine at ``settings.url`` (read once; the rest of ``settings`` live)."""
+
+    fim = None  # prompts are left to right (the engine's own infill is not used)
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self.url = settings.url.rstrip("/")
+        self.name = f"engine {self.url}"
+        self.model_name = settings.model or "(engine default)"
+        self._count: Callable[[str], int] | None = None
+        self.token_counting = f"estimate ({CHARS_PER_TOKEN} characters per token)"
+        self._n_works: bool | None = None
+        """Whether the engine honours ``n`` (several choices per request); None until tried."""
+        self._logprobs_work: bool | None = None
+        """Whether the engine answers requests for log-probabilities; None until tried."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-client", daemon=True)
+        self._thread.start()
+        self._client = httpx.AsyncClient(base_url=self.url, headers=self._headers(),
+                                         limits=httpx.Limits(max_connections=settings.concurrency))
+        self._slots = asyncio.Semaphore(settings.concurrency)
+
+    def _headers(self) -> dict[str, str]:
+        variable = self.settings.api_key_env
+        if not variable:
+            return {}
+        key = os.environ.get(variable)
+        if not key:
+            logger.warning("engine.apiKeyEnv names $%s, which is not set: requests go without an API key", variable)
+            return {}
+        return {"Authorization": f"Bearer {key}"}
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def adopt_tokenizer(self, local: Path) -> None:
+        """Count tokens with the GGUF file ``local``'s tokenizer when the engine lists a model of
+        the same file name (llama.cpp-based engines list the file they serve); otherwise, or
+        when the engine cannot say, keep the estimate."""
+        try:
+            ids = self.models()
+        except EngineUnavailable as error:
+            logger.info("%s; prompt budgets use the token estimate", error)
+            return
+        names = [self.settings.model] + ids if self.settings.model else ids
+        if not any(Path(name).stem == local.stem for name in names):
+            logger.info("%s serves %s, not %s: prompt budgets use the token estimate", self.name, ids, local.name)
+            return
+        self._count = gguf_token_counter(local)
+        self.model_name = local.name
+        self.token_counting = f"model tokenizer ({local.name}, local)"
+
+    async def _shutdown(self) -> None:
+        await self._client.aclose()
+        await self._loop.shutdown_asyncgens()
+
+    # -- the backend interface -------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text) if self._count else math.ceil(len(text) / CHARS_PER_TOKEN)
+
+    def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
+        """Greedy continuation streamed from the engine (``suffix`` is not used: left to right)."""
+        started = time.perf_counter()
+        stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
+        first = stream.first_at or time.perf_counter()
+        return Generation(text=stream.texts[0], prompt_tokens=self.count_tokens(prompt), reused_tokens=0,
+                          generated_tokens=stream.chunks[0], prompt_ms=(first - started) * 1000,
+                          generate_ms=(time.perf_counter() - first) * 1000, stopped_by=stream.finished[0],
+                          logprobs=stream.logprobs[0])
+
+    def _greedy(self, body: dict[str, Any], should_stop: Callable[[str], bool], cancel: threading.Event) -> _Stream:
+        """One greedy completion, with the tokens' log-probabilities (the selective policy reads
+        them) until the engine fails a request for them and answers one without them
+        (llama-cpp-python's server started without ``logits_all``)."""
+        if self._logprobs_work is False:
+            return self._wait(self._complete(body, 1, should_stop), cancel)
+        try:
+            stream = self._wait(self._complete({**body, "logprobs": 1}, 1, should_stop), cancel)
+        except EngineUnavailable:
+            if self._logprobs_work:
+                raise
+            stream = self._wait(self._complete(body, 1, should_stop), cancel)
+            logger.info("%s gives no log-probabilities: the selective policy sees none", self.name)
+            self._logprobs_work = False
+            return stream
+        self._logprobs_work = True
+        return stream
+
+    def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
+               should_stop: Callable[[str], bool] = lambda _: False,
+               temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
+        """``k`` samples: one request with ``n = k`` where the engine honours it, otherwise
+        ``k`` requests at once (within ``engine.concurrency``)."""
+        started = time.perf_counter()
+        body = self._body(prompt, max_tokens, temperature=temperature, top_p=top_p)
+        texts = self._wait(self._samples(body, k, should_stop), cancel)
+        elapsed = (time.perf_counter() - started) * 1000
+        return Drafts(texts, self.count_tokens(prompt), 0, 0.0, elapsed)
+
+    # -- engine facts, for doctor ----------------------------------------------------------
+
+    def models(self, cancel: threading.Event | None = None) -> list[str]:
+        """The model ids the engine lists at ``/v1/models``."""
+        return self._wait(self._models(), cancel or threading.Event())
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _body(self, prompt: str, max_tokens: int, **sampling: float) -> dict[str, Any]:
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, **sampling}
+        if self.settings.model:
+            body["model"] = self.settings.model
+        if self.settings.stop:
+            body["stop"] = list(self.settings.stop)
+        return body
+
+    def _wait(self, work: Coroutine[Any, Any, T], cancel: threading.Event) -> T:
+        """Run ``work`` on the client's loop; a set ``cancel`` cancels it (closing its streams)."""
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        while True:
+            try:
+                return future.result(timeout=CANCEL_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if cancel.is_set():
+                    future.cancel()
+                    raise Cancelled() from None
+            except concurrent.futures.CancelledError:
+                raise Cancelled() from None
+
+    async def _samples(self, body: dict[str, Any], k: int, should_stop: Callable[[str], bool]) -> list[str]:
+        if self._n_works is not False:
+            stream = await self._complete({**body, "n": k}, k, should_stop)
+            self._n_works = len(stream.seen) == k or k == 1
+            if self._n_works:
+                return stream.texts
+            logger.info("%s answers one choice per request: drafts go as %d parallel requests", self.name, k)
+            rest = await asyncio.gather(*(self._complete(body, 1, should_stop) for _ in range(k - len(stream.seen))))
+            return [stream.texts[index] for index in sorted(stream.seen)] + [done.texts[0] for done in rest]
+        streams = await asyncio.gather(*(self._complete(body, 1, should_stop) for _ in range(k)))
+        return [stream.texts[0] for stream in streams]
+
+    async def _complete(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
+        """One completion request with its retries, within the timeout."""
+        settings = self.settings
+        for attempt in range(settings.retries + 1):
+            try:
+                async with self._slots:
+                    return await asyncio.wait_for(self._stream(body, n, should_stop), settings.timeout)
+            except _Retry as problem:
+                if attempt == settings.retries:
+                    raise self._problem(str(problem)) from None
+                logger.info("%s %s; trying again (%d of %d)", self.name, problem, attempt + 1, settings.retries)
+                await asyncio.sleep(BACKOFF_SECONDS * 2 ** attempt)
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                raise self._timed_out() from None
+        raise AssertionError("unreachable")
+
+    async def _stream(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
+        """Stream one request's choices, closing the stream once every choice is whole."""
+        stream = _Stream.of(n)
+        try:
+            async with self._client.stream("POST", "/v1/completions", json=body,
+                                           timeout=self.settings.timeout) as response:
+                await self._check(response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    self._take(stream, _parse(await response.aread(), self.url), should_stop)
+                    return stream
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # comments (keep-alive pings), event names, blank separators
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        return stream
+                    if self._take(stream, _parse(data, self.url), should_stop):
+                        return stream  # leaving the block closes the stream: the engine stops generating
+        except httpx.TransportError as error:
+            if isinstance(error, httpx.TimeoutException):
+                raise
+            raise _Retry(f"is not reachable ({type(error).__name__})") from error
+        if len(stream.done) < len(stream.texts):
+            raise _malformed(self.url, "the stream ended before the answer did")
+        return stream
+
+    def _problem(self, what: str) -> EngineUnavailable:
+        return EngineUnavailable(f"the inference engine at {self.url} {what}")
+
+    def _timed_out(self) -> EngineUnavailable:
+        return self._problem(f"did not answer within engine.timeout ({self.settings.timeout:g} s)")
+
+    async def _check(self, response: httpx.Response) -> None:
+        if response.status_code == 200:
+            return
+        detail = (await response.aread())[:300].decode("utf-8", errors="replace")
+        if response.status_code in RETRY_STATUS:
+            raise _Retry(f"is busy (HTTP {response.status_code})")
+        logger.warning("%s answered HTTP %d: %s", self.name, response.status_code, detail)
+        raise self._problem(f"refused the request (HTTP {response.status_code}; see the log)")
+
+    @staticmethod
+    def _take(stream: _Stream, chunk: dict, should_stop: Callable[[str], bool]) -> bool:
+        """Add one chunk's text to its choices; whether every choice is whole."""
+        for choice in chunk["choices"]:
+            index = choice.get("index", 0)
+            if not isinstance(index, int) or not 0 <= index < len(stream.texts) or index in stream.done:
+                continue
+            stream.seen.add(index)
+            text = choice.get("text") or ""
+            if text:
+                stream.first_at = stream.first_at or time.perf_counter()
+                stream.texts[index] += text
+                stream.chunks[index] += 1
+                stream.logprobs[index] += _token_logprobs(choice.get("logprobs"))
+            if text and should_stop(stream.texts[index]):
+                stream.finished[index] = "stop"
+                stream.done.add(index)
+            elif choice.get("finish_reason"):
+                stream.finished[index] = "eos" if choice["finish_reason"] == "stop" else "max_tokens"
+                stream.done.add(index)
+        return len(stream.done) == len(stream.texts)
+
+    async def _models(self) -> list[str]:
+        try:
+            response = await asyncio.wait_for(self._client.get("/v1/models", timeout=self.settings.timeout),
+                                              self.settings.timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise self._timed_out() from None
+        except httpx.TransportError as error:
+            raise self._problem(f"is not reachable ({type(error).__name__})") from None
+        await self._check(response)
+        try:
+            return [str(model["id"]) for model in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise self._problem("sent a malformed model list") from None
+
+
+def _parse(data: str | bytes, url: str) -> dict:
+    """One completion chunk (or whole answer), checked for the fields used."""
+    try:
+        chunk = json.loads(data)
+        if isinstance(chunk, dict) and "error" in chunk:
+            logger.warning("the inference engine at %s reported: %s", url, str(chunk["error"])[:300])
+        choices = chunk["choices"]
+        if isinstance(choices, list) and all(isinstance(c, dict) and isinstance(c.get("text", ""), str)
+                                             for c in choices):
+            return chunk
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise _malformed(url, repr(str(data)[:300]))
+
+
+def _token_logprobs(logprobs: Any) -> list[float]:
+    """The ``token_logprobs`` of a choice's ``logprobs`` (OpenAI's completion format); none
+    where the engine sent none or something else."""
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    if not isinstance(values, list):
+        return []
+    return [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def _malformed(url: str, detail: str) -> EngineUnavailable:
+    logger.warning("the inference engine at %s sent a malformed answer: %s", url, detail)
+    return EngineUnavailable(f"the inference engine at {url} sent a malformed response (see the log)")
+
+
+class EngineWithFallback:
+    """The engine, and the in-process model while the engine is unavailable (``engine.fallback``)."""
+
+    def __init__(self, engine: RemoteEngine, local: Callable[[], Backend]):
+        self.engine = engine
+        self._load_local = local
+        self._local: Backend | None = None
+        self.name, self.model_name, self.fim = engine.name, engine.model_name, engine.fim
+        self.token_counting = engine.token_counting
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def local(self) -> Backend:
+        if self._local is None:
+            self._local = self._load_local()
+        return self._local
+
+    def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
+        try:
+            return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix)
+        except EngineUnavailable as error:
+            if not self.engine.settings.fallback:
+                raise
+            generation = self.local().generate(prompt, max_tokens, cancel, should_stop, suffix)
+            generation.backend, generation.fallback = self.local().name, str(error)
+            return generation
+
+    def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
+               should_stop: Callable[[str], bool] = lambda _: False,
+               temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
+        try:
+            return self.engine.drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
+        except EngineUnavailable:
+            if not self.engine.settings.fallback:
+                raise
+            return self.local().drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._local is not None:
+            self._local.close()

@@ -1,0 +1,222 @@
+"""The engine client against engines that misbehave on purpose (a tiny local HTTP server):
+the cut and cancellation close the stream, retries, timeouts, malformed answers, drafts, keys."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from aligncoder_lsp.config import EngineSettings
+from aligncoder_lsp.models.llama_backend import Cancelled, Generation
+from aligncoder_lsp.models.remote import EngineUnavailable, EngineWithFallback, RemoteEngine
+from tests.engines import FakeEngine, events, free_port, send
+
+
+def _engine(url: str, **settings) -> RemoteEngine:
+    return RemoteEngine(EngineSettings(url=url, **{"retries": 0, **settings}))
+
+
+@pytest.fixture
+def endless():
+    """An engine that streams one line per 20 ms until the client goes away."""
+    gone = threading.Event()
+
+    def reply(handler, count):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        try:
+            for number in range(500):
+                chunk = {"choices": [{"index": 0, "text": f"x = {number}\n", "finish_reason": None}]}
+                handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                handler.wfile.flush()
+                time.sleep(0.02)
+        except OSError:
+            gone.set()
+
+    engine = FakeEngine(reply)
+    engine.gone = gone
+    yield engine
+    engine.close()
+
+
+def test_the_cut_closes_the_stream(endless):
+    engine = _engine(endless.url)
+    generation = engine.generate("", 1000, threading.Event(), should_stop=lambda text: text.count("\n") >= 2)
+    assert (generation.text, generation.stopped_by, generation.generated_tokens) == ("x = 0\nx = 1\n", "stop", 2)
+    assert endless.gone.wait(5), "the engine went on streaming after the cut"
+    engine.close()
+
+
+def test_a_cancelled_request_closes_its_stream_at_once(endless):
+    engine = _engine(endless.url)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.perf_counter()
+    with pytest.raises(Cancelled):
+        engine.generate("", 1000, cancel)
+    assert time.perf_counter() - started < 2
+    assert endless.gone.wait(5), "the engine went on streaming after the cancellation"
+    engine.close()
+
+
+def test_a_busy_engine_is_asked_again():
+    fake = FakeEngine(lambda handler, count: send(handler, 503, "text/plain", b"busy") if count == 1
+                      else send(handler, 200, "text/event-stream", events("ok")))
+    engine = _engine(fake.url, retries=2)
+    assert engine.generate("", 8, threading.Event()).text == "ok"
+    assert fake.requests == 2
+    engine.close()
+    fake.close()
+
+
+def test_an_engine_that_is_down_is_one_clear_error():
+    engine = _engine(f"http://127.0.0.1:{free_port()}", retries=1)
+    with pytest.raises(EngineUnavailable, match="is not reachable"):
+        engine.generate("", 8, threading.Event())
+    engine.close()
+
+
+def test_a_slow_engine_times_out():
+    fake = FakeEngine(lambda handler, count: (time.sleep(3), send(handler, 200, "text/event-stream", events("late"))))
+    engine = _engine(fake.url, timeout=0.5)
+    started = time.perf_counter()
+    with pytest.raises(EngineUnavailable, match=r"did not answer within engine.timeout \(0.5 s\)"):
+        engine.generate("", 8, threading.Event())
+    assert time.perf_counter() - started < 2.5
+    engine.close()
+    fake.close()
+
+
+def test_a_slow_first_token_within_the_timeout_is_waited_for():
+    fake = FakeEngine(lambda handler, count: (time.sleep(6), send(handler, 200, "text/event-stream", events("late"))))
+    engine = _engine(fake.url, timeout=20)  # a long prompt on a busy CPU engine: seconds before the first token
+    assert engine.generate("", 8, threading.Event()).text == "late"
+    engine.close()
+    fake.close()
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "error"), [
+    (200, "text/event-stream", b"data: {not json\n\n", "malformed response"),
+    (200, "text/event-stream", b'data: {"choices": "none"}\n\n', "malformed response"),
+    (200, "text/event-stream", b'data: {"choices": [{"text": 7}]}\n\n', "malformed response"),
+    (200, "text/html", b"<html>proxy login</html>", "malformed response"),
+    (200, "text/event-stream", b"<html>proxy login</html>", "malformed response"),  # was an empty answer
+    (200, "text/event-stream", b'data: {"choices": [{"index": 0, "text": "par"}]}\n\n', "malformed response"),
+    (200, "application/json", b'{"error": {"message": "model not loaded"}}', "malformed response"),
+    (500, "text/plain", b"Traceback...", r"refused the request \(HTTP 500"),
+])
+def test_malformed_answers_are_clear_errors(status, content_type, body, error):
+    fake = FakeEngine(lambda handler, count: send(handler, status, content_type, body))
+    engine = _engine(fake.url)
+    with pytest.raises(EngineUnavailable, match=error):
+        engine.generate("", 8, threading.Event())
+    engine.close()
+    fake.close()
+
+
+def test_token_logprobs_are_taken_where_the_engine_sends_them():
+    chunks = [{"index": 0, "text": "a", "logprobs": {"token_logprobs": [-0.5]}},
+              {"index": 0, "text": "b", "logprobs": None},
+              {"index": 0, "text": "c", "logprobs": {"token_logprobs": "bogus"}},
+              {"index": 0, "text": "d", "logprobs": {"token_logprobs": [-1.25, None]}, "finish_reason": "length"}]
+    body = b"".join(b"data: %s\n\n" % json.dumps({"choices": [chunk]}).encode() for chunk in chunks)
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream", body + b"data: [DONE]\n\n"))
+    engine = _engine(fake.url)
+    generation = engine.generate("", 8, threading.Event())
+    assert (generation.text, generation.logprobs, generation.stopped_by) == ("abcd", [-0.5, -1.25], "max_tokens")
+    engine.close()
+    fake.close()
+
+
+def test_an_engine_without_logprobs_is_asked_without_them():
+    asked = []
+
+    def reply(handler, count):
+        body = json.loads(handler.rfile_body)
+        asked.append("logprobs" in body)
+        # llama-cpp-python's server without logits_all ends such a stream at once
+        send(handler, 200, "text/event-stream", b"" if "logprobs" in body else events("ok"))
+
+    fake = FakeEngine(reply)
+    engine = _engine(fake.url)
+    assert engine.generate("", 8, threading.Event()).text == "ok"
+    assert engine.generate("", 8, threading.Event()).text == "ok"
+    assert asked == [True, False, False]
+    engine.close()
+    fake.close()
+
+
+def test_a_whole_json_answer_is_taken_as_well():
+    body = json.dumps({"choices": [{"index": 0, "text": "done()", "finish_reason": "stop"}]}).encode()
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "application/json", body))
+    engine = _engine(fake.url)
+    generation = engine.generate("", 8, threading.Event())
+    assert (generation.text, generation.stopped_by) == ("done()", "eos")
+    engine.close()
+    fake.close()
+
+
+def test_drafts_are_one_request_where_the_engine_honours_n():
+    seen = []
+
+    def reply(handler, count):
+        chunks = b"".join(b'data: {"choices": [{"index": %d, "text": "d%d", "finish_reason": "stop"}]}\n\n' % (i, i)
+                          for i in range(3))
+        send(handler, 200, "text/event-stream", chunks + b"data: [DONE]\n\n")
+        seen.append(count)
+
+    fake = FakeEngine(reply)
+    engine = _engine(fake.url)
+    assert engine.drafts("", 3, 8, threading.Event()).texts == ["d0", "d1", "d2"]
+    assert fake.requests == 1
+    engine.close()
+    fake.close()
+
+
+def test_drafts_go_as_parallel_requests_where_n_is_ignored():
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream", events(f"d{count}")))
+    engine = _engine(fake.url)
+    assert sorted(engine.drafts("", 3, 8, threading.Event()).texts) == ["d1", "d2", "d3"]
+    assert fake.requests == 3  # one with n = 3 that gave one choice, then two more
+    assert len(engine.drafts("", 3, 8, threading.Event()).texts) == 3
+    assert fake.requests == 6  # from then on, k requests at once
+    engine.close()
+    fake.close()
+
+
+def test_the_api_key_comes_from_the_named_variable(monkeypatch):
+    headers = []
+    fake = FakeEngine(lambda handler, count: (headers.append(handler.headers.get("Authorization")),
+                                              send(handler, 200, "text/event-stream", events("ok"))))
+    monkeypatch.setenv("TEST_ENGINE_KEY", "sk-test")
+    engine = _engine(fake.url, api_key_env="TEST_ENGINE_KEY")
+    engine.generate("", 8, threading.Event())
+    assert headers == ["Bearer sk-test"]
+    engine.close()
+    fake.close()
+
+
+class _Local:
+    """Stands in for the in-process model (a unit test of the fallback's choice only)."""
+
+    name = "llama.cpp in-process"
+
+    def generate(self, prompt, max_tokens, cancel, should_stop=lambda _: False, suffix=""):
+        return Generation("local()", 1, 0, 1, 0.0, 0.0, "eos", [])
+
+    def close(self):
+        pass
+
+
+def test_fallback_to_the_local_model_only_when_asked():
+    settings = EngineSettings(url=f"http://127.0.0.1:{free_port()}", retries=0)
+    backend = EngineWithFallback(RemoteEngine(settings), _Local)
+    with pytest.raises(EngineUnavailable):
+        backend.generate("", 8, threading.Event())
+    settings.fallback = True
+    generation = backend.generate("", 8, threading.Event())
+    assert (generation.text, generation.backend) == ("local()", "llama.cpp in-process")
+    assert "is not reachable" in generation.fallback
+    backend.close()
