@@ -60,3 +60,72 @@ def test_a_call_spanning_lines_may_be_closed_by_the_completion():
     assert finish("b)\ny = 2\n", cursor) == "b)"
     assert finish("b))\n", cursor) == "b)"
     assert Cursor.at("print(x))\n", "").open_brackets == 0
+
+
+def test_a_phrase_repeated_in_a_loop_is_dropped_and_stops_generation():
+    cursor = Cursor.at("    elapsed = self.", "\n")
+    assert is_complete("start_time_time_time_time_time", cursor)
+    assert not is_complete("start_time", cursor)
+    assert finish("start_time_time_time_time_time_time_time", cursor) == "start_time"
+
+
+@pytest.mark.parametrize("raw, kept", [
+    ("    log(x)\n    log(x)\n    log(x)\n", "    log(x)"),
+    ("    a = f()\n    b = g(a)\n    a = f()\n    b = g(a)\n    a = f()\n", "    a = f()\n    b = g(a)"),
+])
+def test_lines_repeated_in_a_loop_are_dropped(raw, kept):
+    cursor = Cursor.at("def f(x):\n", "")
+    assert is_complete(raw, cursor)
+    assert finish(raw, cursor) == kept
+
+
+@pytest.mark.parametrize("line", [
+    'print("-" * 40)', "grid = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", 'rule = "=============================="',
+    "self.assertEqual(a, a)", "x_x = x_x_x", "a = [[1, 2], [1, 2]]"])
+def test_ordinary_repetition_is_kept(line):
+    assert finish(line + "\n", Cursor.at("", "\n")) == line
+
+
+def test_a_truncated_last_line_is_dropped():
+    cursor = Cursor.at("def f(x):\n", "")
+    assert finish('    y = x + 1\n    raise ValueError("bad', cursor, truncated=True) == "    y = x + 1"
+    assert finish("    y = x + 1\n    return compu", cursor, truncated=True) == "    y = x + 1"
+    assert finish("    y = x + 1\n    return compu", cursor) == "    y = x + 1\n    return compu"
+
+
+@pytest.mark.parametrize("line_before, raw, kept", [
+    ("        ", "raise ValueError(", "raise ValueError"),
+    ("        ", 'raise ValueError("negative', "raise ValueError"),
+    ("    x = ", "compute_the_val", "compute_the_val"),
+    ("    x = ", '"', ""),
+    ("    x = ", "{", ""),
+])
+def test_a_truncated_single_line_is_cut_where_it_is_balanced(line_before, raw, kept):
+    assert finish(raw, Cursor.at("def f(x):\n" + line_before, "\n"), truncated=True) == kept
+
+
+@pytest.mark.parametrize("prefix, raw, suffix, kept", [
+    ("x = ", "foo(a, b\n", "\n", "foo"),
+    ("x = ", "foo(a, b", ")\n", "foo(a, b"),  # the rest of the line closes it
+    ("x = f(", "a, b\n", "\n", "a, b"),  # opened before the cursor
+    ('x = "hel', 'lo"\n', "\n", 'lo"'),  # closes the string the prefix opened
+    ("", "s = \"it's\"\n", "\n", "s = \"it's\""),
+    ("", "x = 1  # don't (\n", "\n", "x = 1  # don't ("),
+    ("def f():\n", '    """Doc (\n    it\'s."""\n    return 1\n', "", '    """Doc (\n    it\'s."""\n    return 1'),
+    ("", 'a = 1\ndoc = """ab\n', "\n", "a = 1"),
+    ("", "a = 1\nb = [1,\n", "\n", "a = 1"),
+])
+def test_nothing_the_suggestion_opens_is_left_open_python(prefix, raw, suffix, kept):
+    assert finish(raw, Cursor.at(prefix, suffix)) == kept
+
+
+@pytest.mark.parametrize("prefix, raw, suffix, kept", [
+    ("char c = ", "'\"';\n", "\n", "'\"';"),
+    ("String s = ", '"a(b";\n', "\n", '"a(b";'),
+    ("int x = ", "/* it's */ f(\n", "\n", "/* it's */ f"),
+    ("int x = ", "f(\"it's\"", ");\n", "f(\"it's\""),
+    ("    ", "if (x) {\n        return 1;\n", "\n", "if (x)"),
+    ("    ", "int a = 1;\n    String s = \"abc\n", "\n", "int a = 1;"),
+])
+def test_nothing_the_suggestion_opens_is_left_open_java(prefix, raw, suffix, kept):
+    assert finish(raw, Cursor.at(prefix, suffix, "java")) == kept
