@@ -201,7 +201,7 @@ class CompletionEngine:
         clock.lap("load")
         trace.model = model.path.name
         prefix, suffix = request.split()
-        cursor = Cursor.at(prefix, suffix)
+        cursor = Cursor.at(prefix, suffix, request.language)
         trace.shape = cursor.mode
         completion = self.settings.completion
         code = code_window(prefix, completion.prefix_tokens, model.count_tokens)[0]
@@ -228,7 +228,8 @@ class CompletionEngine:
         return generation
 
     def _finish(self, job: _Job, generation: Generation) -> Completion:
-        text = finish(generation.text, job.cursor, self.settings.completion.max_lines)
+        text = finish(generation.text, job.cursor, self.settings.completion.max_lines,
+                      truncated=generation.stopped_by == "max_tokens")
         job.clock.lap("postprocess")
         job.trace.timings_ms["total"] = job.clock.total()
         return Completion(text, job.trace)

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from aligncoder_lsp.balance import unclosed
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.llama_backend import Cancelled
@@ -83,3 +84,15 @@ def test_dependency_signatures_keep_to_their_budget(engine):
         for block in shown:
             body = "\n".join(line[2:] for line in block.strip().split("\n")[1:])
             assert snippet.text.startswith(body)
+
+
+@pytest.mark.parametrize("line", ["    ", "    cart.add_item(", '    raise ValueError('])
+def test_a_suggestion_cut_at_the_token_limit_leaves_nothing_open(engine, monkeypatch, line):
+    monkeypatch.setattr(engine.settings.model, "max_tokens", 6)
+    text = MAIN.read_text().replace("\n    \n", f"\n{line}\n", 1)
+    request = CompletionRequest(str(MAIN), text, 13, len(line))
+    result = engine.complete(request, threading.Event(), "none")
+    prefix, suffix = request.split()
+    assert result.trace.stopped_by == "max_tokens"
+    assert not [opening for opening in unclosed(prefix, result.text, suffix, "python")
+                if opening.offset >= len(prefix)], result.text
