@@ -216,7 +216,7 @@ class CompletionEngine:
         max_lines = self.settings.completion.max_lines
         generation = job.model.generate(prompt, self.settings.model.max_tokens, cancel,
                                         should_stop=lambda text: is_complete(text, job.cursor, max_lines),
-                                        suffix=job.suffix)
+                                        suffix=job.suffix, heal=job.cursor.in_word)
         timings = job.trace.timings_ms
         timings["prompt_eval"] = round(timings.get("prompt_eval", 0) + generation.prompt_ms, 1)
         timings["decode"] = round(timings.get("decode", 0) + generation.generate_ms, 1)

@@ -56,6 +56,11 @@ class Cursor:
         return cls(line_before, line_after, previous, following, open_brackets(recent), recent, after, language)
 
     @property
+    def in_word(self) -> bool:
+        """Whether the cursor directly follows a word character (the word may go on)."""
+        return bool(re.search(r"\w$", self.line_before))
+
+    @property
     def mode(self) -> str:
         if self.line_before.strip():
             return "line"

@@ -109,9 +109,10 @@ class AlignCoderServer(LanguageServer):
         return True
 
     def load_model(self) -> None:
-        """Load the generator ahead of the first request (on the model thread)."""
+        """Load the generator ahead of the first request (on the model thread), with the
+        token texts that token healing reads."""
         try:
-            self.engine.generator()
+            self.engine.generator().token_texts()
         except ModelUnavailable as error:
             self.report_model_error(error)
 

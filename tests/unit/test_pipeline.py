@@ -96,3 +96,9 @@ def test_a_suggestion_cut_at_the_token_limit_leaves_nothing_open(engine, monkeyp
     assert result.trace.stopped_by == "max_tokens"
     assert not [opening for opening in unclosed(prefix, result.text, suffix, "python")
                 if opening.offset >= len(prefix)], result.text
+
+
+def test_a_partial_identifier_is_extended(engine):
+    text = MAIN.read_text().replace("\n    \n", "\n    cart.add_it\n", 1)
+    result = engine.complete(CompletionRequest(str(MAIN), text, 13, len("    cart.add_it")), threading.Event(), "none")
+    assert result.text.startswith("em("), result.text

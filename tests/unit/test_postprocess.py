@@ -9,6 +9,11 @@ def test_shapes_follow_the_cursor():
     assert Cursor.at("a = 1\n", "\n").mode == "statement"
 
 
+def test_a_cursor_right_after_a_word_is_in_it():
+    assert Cursor.at("    if dev", "\n").in_word and Cursor.at("x = self._", "").in_word
+    assert not Cursor.at("    if dev ", "\n").in_word and not Cursor.at("x = f(", "").in_word
+
+
 def test_statement_stops_after_balanced_multiline_call():
     cursor = Cursor.at("def f(x):\n    y = 1\n    ", "\n    return y\n")
     raw = "z = foo(\n        1, 2)\n    w = 3\n"
