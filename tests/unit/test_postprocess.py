@@ -109,28 +109,23 @@ def test_a_truncated_single_line_is_cut_where_it_is_balanced(line_before, raw, k
     assert finish(raw, Cursor.at("def f(x):\n" + line_before, "\n"), truncated=True) == kept
 
 
-@pytest.mark.parametrize("prefix, raw, suffix, kept", [
-    ("x = ", "foo(a, b\n", "\n", "foo"),
-    ("x = ", "foo(a, b", ")\n", "foo(a, b"),  # the rest of the line closes it
-    ("x = f(", "a, b\n", "\n", "a, b"),  # opened before the cursor
-    ('x = "hel', 'lo"\n', "\n", 'lo"'),  # closes the string the prefix opened
-    ("", "s = \"it's\"\n", "\n", "s = \"it's\""),
-    ("", "x = 1  # don't (\n", "\n", "x = 1  # don't ("),
-    ("def f():\n", '    """Doc (\n    it\'s."""\n    return 1\n', "", '    """Doc (\n    it\'s."""\n    return 1'),
-    ("", 'a = 1\ndoc = """ab\n', "\n", "a = 1"),
-    ("", "a = 1\nb = [1,\n", "\n", "a = 1"),
+@pytest.mark.parametrize("language, prefix, raw, suffix, kept", [
+    ("python", "x = ", "foo(a, b\n", "\n", "foo"),
+    ("python", "x = ", "foo(a, b", ")\n", "foo(a, b"),  # the rest of the line closes it
+    ("python", "x = f(", "a, b\n", "\n", "a, b"),  # opened before the cursor
+    ("python", 'x = "hel', 'lo"\n', "\n", 'lo"'),  # closes the string the prefix opened
+    ("python", "", "s = \"it's\"\n", "\n", "s = \"it's\""),
+    ("python", "", "x = 1  # don't (\n", "\n", "x = 1  # don't ("),
+    ("python", "def f():\n", '    """Doc (\n    it\'s."""\n    return 1\n', "",
+     '    """Doc (\n    it\'s."""\n    return 1'),
+    ("python", "", 'a = 1\ndoc = """ab\n', "\n", "a = 1"),
+    ("python", "", "a = 1\nb = [1,\n", "\n", "a = 1"),
+    ("java", "char c = ", "'\"';\n", "\n", "'\"';"),
+    ("java", "String s = ", '"a(b";\n', "\n", '"a(b";'),
+    ("java", "int x = ", "/* it's */ f(\n", "\n", "/* it's */ f"),
+    ("java", "int x = ", "f(\"it's\"", ");\n", "f(\"it's\""),
+    ("java", "    ", "if (x) {\n        return 1;\n", "\n", "if (x)"),
+    ("java", "    ", "int a = 1;\n    String s = \"abc\n", "\n", "int a = 1;"),
 ])
-def test_nothing_the_suggestion_opens_is_left_open_python(prefix, raw, suffix, kept):
-    assert finish(raw, Cursor.at(prefix, suffix)) == kept
-
-
-@pytest.mark.parametrize("prefix, raw, suffix, kept", [
-    ("char c = ", "'\"';\n", "\n", "'\"';"),
-    ("String s = ", '"a(b";\n', "\n", '"a(b";'),
-    ("int x = ", "/* it's */ f(\n", "\n", "/* it's */ f"),
-    ("int x = ", "f(\"it's\"", ");\n", "f(\"it's\""),
-    ("    ", "if (x) {\n        return 1;\n", "\n", "if (x)"),
-    ("    ", "int a = 1;\n    String s = \"abc\n", "\n", "int a = 1;"),
-])
-def test_nothing_the_suggestion_opens_is_left_open_java(prefix, raw, suffix, kept):
-    assert finish(raw, Cursor.at(prefix, suffix, "java")) == kept
+def test_nothing_the_suggestion_opens_is_left_open(language, prefix, raw, suffix, kept):
+    assert finish(raw, Cursor.at(prefix, suffix, language)) == kept
