@@ -205,7 +205,7 @@ def _line_loop(text: str) -> int | None:
             block = lines[first:first + size]
             if first + 2 * size <= len(lines) and block == lines[first + size:first + 2 * size] \
                     and re.search("[A-Za-z]", "".join(block)):
-                return offset + sum(len(line) + 1 for line in block)
+                return offset + len("\n".join(block)) + 1
         offset += len(line) + 1
     return None
 
