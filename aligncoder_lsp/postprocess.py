@@ -153,7 +153,7 @@ def _answer_length(lines: list[str], cursor: Cursor, max_lines: int) -> int | No
 def is_complete(raw: str, cursor: Cursor, max_lines: int = 8) -> bool:
     """Whether the model has produced everything :func:`finish` will keep (stop early)."""
     last_lines = raw[raw.rfind("\n", 0, raw.rfind("\n")) + 1:]  # earlier lines were checked as they grew
-    if _phrase_loop(last_lines) is not None or _line_loop(raw) is not None:
+    if _phrase_loop(last_lines) is not None or _line_loop(raw, cursor.line_before) is not None:
         return True
     lines = _trim_leading(raw, cursor).split("\n")[:-1]
     return bool(lines) and _answer_length(lines, cursor, max_lines) is not None
@@ -162,7 +162,7 @@ def is_complete(raw: str, cursor: Cursor, max_lines: int = 8) -> bool:
 def finish(raw: str, cursor: Cursor, max_lines: int = 8, truncated: bool = False) -> str:
     """The completion to insert at ``cursor`` from the model's ``raw`` continuation;
     ``truncated``: generation ended at the token limit, so its last line is unfinished."""
-    start = loop_start(raw)
+    start = loop_start(raw, cursor.line_before)
     lines = _trim_leading(raw if start is None else raw[:start], cursor).split("\n")
     answer = lines[: _answer_length(lines, cursor, max_lines) or max_lines]
     if truncated and start is None and len(answer) == len(lines) > 1:
@@ -184,11 +184,12 @@ _PHRASE_LOOPS = [(length, re.compile(r"((?=[^\n]{0,%d}[A-Za-z])[^\n]{%d})\1{%d,}
 punctuation repeat in ordinary code: ``[0, 0, 0]``, ``"----"``, indentation)."""
 
 
-def loop_start(text: str) -> int | None:
-    """Where ``text`` starts looping, or None: after the first copy of a phrase repeated back
-    to back (``_time_time_time...``) or of one to four whole lines repeated right after
-    themselves. Small models fall into such loops and stay there until the token limit."""
-    starts = [start for start in (_phrase_loop(text), _line_loop(text)) if start is not None]
+def loop_start(text: str, line_before: str = "") -> int | None:
+    """Where ``text`` (typed after ``line_before``) starts looping, or None: after the first
+    copy of a phrase repeated back to back (``_time_time_time...``) or of one to four whole
+    lines repeated right after themselves. Small models fall into such loops and stay there
+    until the token limit."""
+    starts = [start for start in (_phrase_loop(text), _line_loop(text, line_before)) if start is not None]
     return min(starts, default=None)
 
 
@@ -197,9 +198,9 @@ def _phrase_loop(text: str) -> int | None:
     return min(starts, default=None)
 
 
-def _line_loop(text: str) -> int | None:
-    lines = text.split("\n")[:-1]  # whole lines only
-    offset = 0
+def _line_loop(text: str, line_before: str) -> int | None:
+    lines = (line_before + text).split("\n")[:-1]  # whole lines only
+    offset = -len(line_before)
     for first, line in enumerate(lines):
         for size in range(1, 5):
             block = lines[first:first + size]

@@ -84,6 +84,13 @@ def test_lines_repeated_in_a_loop_are_dropped(raw, kept):
     assert finish(raw, cursor) == kept
 
 
+def test_a_line_loop_counts_the_line_the_cursor_is_on():
+    cursor = Cursor.at("def f(x):\n    ", "\n")
+    raw = "x.append(1)\n    x.append(1)\n    x.append(1)\n"
+    assert is_complete(raw[:28], cursor)
+    assert finish(raw, cursor) == "x.append(1)"
+
+
 @pytest.mark.parametrize("line", [
     'print("-" * 40)', "grid = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", 'rule = "=============================="',
     "self.assertEqual(a, a)", "x_x = x_x_x", "a = [[1, 2], [1, 2]]"])
