@@ -252,7 +252,7 @@ class CompletionEngine:
         clock.lap("load")
         trace.model, trace.backend, trace.token_counting = model.model_name, model.name, model.token_counting
         prefix, suffix = request.split()
-        cursor = Cursor.at(prefix, suffix)
+        cursor = Cursor.at(prefix, suffix, request.language)
         trace.shape = cursor.mode
         completion = self.settings.completion
         code = code_window(prefix, completion.prefix_tokens, model.count_tokens)[0]
@@ -267,7 +267,7 @@ class CompletionEngine:
         max_lines = self.settings.completion.max_lines
         generation = job.model.generate(prompt, self.settings.model.max_tokens, cancel,
                                         should_stop=lambda text: is_complete(text, job.cursor, max_lines),
-                                        suffix=job.suffix)
+                                        suffix=job.suffix, heal=job.cursor.in_word)
         timings = job.trace.timings_ms
         timings["prompt_eval"] = round(timings.get("prompt_eval", 0) + generation.prompt_ms, 1)
         timings["decode"] = round(timings.get("decode", 0) + generation.generate_ms, 1)
@@ -281,7 +281,8 @@ class CompletionEngine:
         return generation
 
     def _finish(self, job: _Job, generation: Generation) -> Completion:
-        text = finish(generation.text, job.cursor, self.settings.completion.max_lines)
+        text = finish(generation.text, job.cursor, self.settings.completion.max_lines,
+                      truncated=generation.stopped_by == "max_tokens")
         job.clock.lap("postprocess")
         job.trace.timings_ms["total"] = job.clock.total()
         return Completion(text, job.trace)

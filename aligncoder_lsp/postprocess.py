@@ -6,16 +6,23 @@ The cursor's surroundings decide the shape of the answer:
 * ``statement``: a blank line -> the next statement (a compound one with its body);
 * ``block``: the line before opens a block (``:`` / ``{``) -> the block's body.
 
-Text that repeats what already follows the cursor is dropped, and closing brackets that
-would unbalance the line are cut.
+Text that repeats what already follows the cursor is dropped, so is text where the model
+starts looping, and closing brackets that would unbalance the line are cut. Nothing the
+answer opens (a bracket, a string, a comment) is left open unless the code after the cursor
+closes it: the answer is cut back to where it is balanced.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from aligncoder_lsp.balance import unclosed
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
+CONTEXT_LINES = 60
+"""Lines on each side of the cursor read to tell what is open there."""
 
 
 @dataclass(frozen=True)
@@ -32,15 +39,26 @@ class Cursor:
     """A few non-blank lines after the cursor's line."""
     open_brackets: int = 0
     """Parentheses and square brackets still open at the cursor (a call spanning lines)."""
+    before: str = ""
+    """The last lines before the cursor (what the answer may close)."""
+    after: str = ""
+    """The first lines after the cursor (what may close what the answer opens)."""
+    language: str = "python"
 
     @classmethod
-    def at(cls, prefix: str, suffix: str) -> Cursor:
+    def at(cls, prefix: str, suffix: str, language: str = "python") -> Cursor:
         head, _, line_before = prefix.rpartition("\n")
         line_after, _, tail = suffix.partition("\n")
         previous = next((line for line in reversed(head.split("\n")) if line.strip()), "")
         following = tuple(line for line in tail.split("\n")[:20] if line.strip())[:3]
-        recent = "\n".join(head.split("\n")[-60:] + [line_before])
-        return cls(line_before, line_after, previous, following, open_brackets(recent))
+        recent = "\n".join(head.split("\n")[-CONTEXT_LINES:] + [line_before])
+        after = "\n".join(suffix.split("\n", CONTEXT_LINES)[:CONTEXT_LINES])
+        return cls(line_before, line_after, previous, following, open_brackets(recent), recent, after, language)
+
+    @property
+    def in_word(self) -> bool:
+        """Whether the cursor directly follows a word character (the word may go on)."""
+        return bool(re.search(r"\w$", self.line_before))
 
     @property
     def mode(self) -> str:
@@ -134,19 +152,63 @@ def _answer_length(lines: list[str], cursor: Cursor, max_lines: int) -> int | No
 
 def is_complete(raw: str, cursor: Cursor, max_lines: int = 8) -> bool:
     """Whether the model has produced everything :func:`finish` will keep (stop early)."""
+    last_lines = raw[raw.rfind("\n", 0, raw.rfind("\n")) + 1:]  # earlier lines were checked as they grew
+    if _phrase_loop(last_lines) is not None or _line_loop(raw, cursor.line_before) is not None:
+        return True
     lines = _trim_leading(raw, cursor).split("\n")[:-1]
     return bool(lines) and _answer_length(lines, cursor, max_lines) is not None
 
 
-def finish(raw: str, cursor: Cursor, max_lines: int = 8) -> str:
-    """The completion to insert at ``cursor`` from the model's ``raw`` continuation."""
-    lines = _trim_leading(raw, cursor).split("\n")
-    lines = lines[: _answer_length(lines, cursor, max_lines) or max_lines]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    lines = _drop_repeated_suffix(lines, cursor)
-    text = "\n".join(lines).rstrip()
-    return _cut_unbalanced(text, cursor.open_brackets, cursor.line_after).rstrip()
+def finish(raw: str, cursor: Cursor, max_lines: int = 8, truncated: bool = False) -> str:
+    """The completion to insert at ``cursor`` from the model's ``raw`` continuation;
+    ``truncated``: generation ended at the token limit, so its last line is unfinished."""
+    start = loop_start(raw, cursor.line_before)
+    lines = _trim_leading(raw if start is None else raw[:start], cursor).split("\n")
+    answer = lines[: _answer_length(lines, cursor, max_lines) or max_lines]
+    if truncated and start is None and len(answer) == len(lines) > 1:
+        answer.pop()
+    while answer and not answer[-1].strip():
+        answer.pop()
+    answer = _drop_repeated_suffix(answer, cursor)
+    text = "\n".join(answer).rstrip()
+    return _close_or_cut(_cut_unbalanced(text, cursor.open_brackets, cursor.line_after).rstrip(), cursor)
+
+
+LOOP_CHARS = 24
+"""A phrase repeated back to back over at least this many characters (and 4 times) is a loop."""
+
+_PHRASE_LOOPS = [(length, re.compile(r"((?=[^\n]{0,%d}[A-Za-z])[^\n]{%d})\1{%d,}"
+                                     % (length - 1, length, max(4, -(-LOOP_CHARS // length)) - 1)))
+                 for length in range(1, 17)]
+"""Per phrase length: a phrase with a letter in it, repeated on one line (digits, spaces and
+punctuation repeat in ordinary code: ``[0, 0, 0]``, ``"----"``, indentation)."""
+
+
+def loop_start(text: str, line_before: str = "") -> int | None:
+    """Where ``text`` (typed after ``line_before``) starts looping, or None: after the first
+    copy of a phrase repeated back to back (``_time_time_time...``) or of one to four whole
+    lines repeated right after themselves. Small models fall into such loops and stay there
+    until the token limit."""
+    starts = [start for start in (_phrase_loop(text), _line_loop(text, line_before)) if start is not None]
+    return min(starts, default=None)
+
+
+def _phrase_loop(text: str) -> int | None:
+    starts = [match.start() + length for length, pattern in _PHRASE_LOOPS if (match := pattern.search(text))]
+    return min(starts, default=None)
+
+
+def _line_loop(text: str, line_before: str) -> int | None:
+    lines = (line_before + text).split("\n")[:-1]  # whole lines only
+    offset = -len(line_before)
+    for first, line in enumerate(lines):
+        for size in range(1, 5):
+            block = lines[first:first + size]
+            if first + 2 * size <= len(lines) and block == lines[first + size:first + 2 * size] \
+                    and re.search("[A-Za-z]", "".join(block)):
+                return offset + len("\n".join(block)) + 1
+        offset += len(line) + 1
+    return None
 
 
 def _trim_leading(raw: str, cursor: Cursor) -> str:
@@ -186,6 +248,22 @@ def _cut_unbalanced(text: str, depth: int, line_after: str) -> str:
         if level < -allowed:
             return text[:index]
     return text
+
+
+def _close_or_cut(text: str, cursor: Cursor) -> str:
+    """``text`` cut back until nothing it opens is left open (unless the code after the
+    cursor closes it): from the line where the first such opening is, or, on the first line,
+    from the opening itself. Empty if the cut leaves no code."""
+    cut = text
+    while True:
+        left_open = unclosed(cursor.before, cut, cursor.after, cursor.language) or []
+        opened = [opening.offset - len(cursor.before) for opening in left_open
+                  if opening.offset >= len(cursor.before)]
+        if not opened:
+            return cut if cut == text or re.search(r"\w", cut) else ""
+        first = min(opened)
+        line_start = cut.rfind("\n", 0, first) + 1
+        cut = cut[:line_start or first].rstrip()
 
 
 def _net_depth(text: str) -> int:

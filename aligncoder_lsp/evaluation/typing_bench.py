@@ -38,7 +38,7 @@ from pygls.lsp.client import LanguageClient
 
 from aligncoder_lsp.config import MODES, Settings
 from aligncoder_lsp.evaluation import process_stats
-from aligncoder_lsp.evaluation.balance import unclosed
+from aligncoder_lsp.balance import unclosed
 from aligncoder_lsp.evaluation.server_bench import percentile
 from aligncoder_lsp.evaluation.tasks import materialize
 from aligncoder_lsp.evaluation.typing_model import Pace, Span, accepted_text, keystrokes, next_keystroke, sample_spans

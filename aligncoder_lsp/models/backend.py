@@ -29,9 +29,12 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
-                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
+                 heal: bool = False) -> Generation:
         """Greedy continuation of ``prompt``; ``should_stop(text)`` ends it early; raises
-        :class:`~aligncoder_lsp.models.llama_backend.Cancelled` once ``cancel`` is set."""
+        :class:`~aligncoder_lsp.models.llama_backend.Cancelled` once ``cancel`` is set.
+        ``heal``: the prompt ends at the cursor, inside a word the answer may extend (a
+        backend that reads the model's vocabulary heals the word's last tokens)."""
 
     def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
                should_stop: Callable[[str], bool] = lambda _: False,
@@ -57,8 +60,9 @@ class LocalBackend:
         return self.model.count_tokens(text)
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
-                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
-        return self.model.generate(prompt, max_tokens, cancel, should_stop, suffix)
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
+                 heal: bool = False) -> Generation:
+        return self.model.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
 
     def drafter(self, k: int) -> Drafter:
         """The drafter of ``k`` sequences (a new one when ``k`` changed)."""

@@ -7,11 +7,17 @@ within one step. Consecutive prompts that share a token prefix reuse its KV cach
 
 Models whose vocabulary has fill-in-the-middle tokens (llama.cpp reads them from the GGUF)
 get the code after the cursor too, laid out prefix-suffix-middle with the family's tokens.
+
+A prompt that ends inside a word ends inside a token the model rarely saw split there, so
+the word is seldom extended. Token healing takes the word's last tokens back and lets the
+output start only with tokens that agree with their text.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 PROMPT_CHUNK = 64
 """Prompt tokens evaluated between two cancellation checks."""
+
+HEAL_TOKENS = 2
+"""Prompt tokens at most that token healing takes back."""
 
 
 def _fit(tokens: list[int], room: int) -> list[int]:
@@ -74,6 +83,33 @@ def fim_prompt(bos: list[int], before: list[int], after: list[int], fim: FimToke
     keep = max(0, room - len(bos) - len(after) - 3)
     before = before[len(before) - keep:] if keep else []
     return bos + [fim.prefix] + before + [fim.suffix] + after + [fim.middle]
+
+
+class TokenTexts:
+    """The text of every vocabulary token, with an order sorted by text for prefix look-ups
+    (a vocabulary has up to a few hundred thousand tokens)."""
+
+    def __init__(self, pieces: list[bytes]):
+        self._texts = np.array(pieces, dtype="S")
+        self._order = np.argsort(self._texts, kind="stable")
+
+    def text(self, token: int) -> bytes:
+        return bytes(self._texts[token])
+
+    def starting(self, text: bytes) -> np.ndarray:
+        """Ids of the tokens whose text starts with ``text`` or is a non-empty head of it."""
+        ranges = [(self._search(text, "left"), self._search(_successor(text), "left"))]
+        ranges += [(self._search(text[:end], "left"), self._search(text[:end], "right")) for end in range(1, len(text))]
+        return np.concatenate([self._order[low:high] for low, high in ranges])
+
+    def _search(self, text: bytes | None, side: str) -> int:
+        return len(self._texts) if text is None else int(np.searchsorted(self._texts, text, side, self._order))
+
+
+def _successor(text: bytes) -> bytes | None:
+    """The least text above every text that starts with ``text`` (None: there is none)."""
+    head = text.rstrip(b"\xff")
+    return head[:-1] + bytes([head[-1] + 1]) if head else None
 
 
 class Cancelled(Exception):
@@ -132,6 +168,7 @@ class LlamaModel:
         self.eos = self.llm.token_eos()
         self.vocabulary = self.llm.n_vocab()
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._token_texts: TokenTexts | None = None
         self.fim = self._detect_fim()
         logger.info("loaded %s in %.2f s (%s)", path, self.load_seconds,
                     f"fill-in-the-middle: {self.fim.family}" if self.fim else "left-to-right")
@@ -156,10 +193,43 @@ class LlamaModel:
     def prompt_tokens(self, prompt: str, room: int, suffix: str = "") -> list[int]:
         """Token ids of ``prompt`` (the code before the cursor last) within ``room`` tokens;
         with a FIM model and a non-empty ``suffix``, laid out prefix-suffix-middle."""
+        return self._healed_prompt(prompt, room, suffix, heal=False)[0]
+
+    def _healed_prompt(self, prompt: str, room: int, suffix: str, heal: bool) -> tuple[list[int], bytes]:
+        """:meth:`prompt_tokens`, less the last tokens of a word the prompt ends in when
+        ``heal``; with the text of the tokens taken back."""
         if not suffix or self.fim is None:
-            return _fit(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False), room)
+            tokens, taken = self._take_back(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False),
+                                            prompt, heal)
+            return _fit(tokens, room), taken
         bos = self.llm.tokenize(b"", add_bos=True, special=False)
-        return fim_prompt(bos, self.tokenize(prompt), self.tokenize(suffix), self.fim, room)
+        before, taken = self._take_back(self.tokenize(prompt), prompt, heal)
+        return fim_prompt(bos, before, self.tokenize(suffix), self.fim, room), taken
+
+    def _take_back(self, tokens: list[int], prompt: str, heal: bool) -> tuple[list[int], bytes]:
+        """``tokens`` without those (at most :data:`HEAL_TOKENS`) that cover the word
+        ``prompt`` ends in, and their text."""
+        word = re.search(r"\w+$", prompt) if heal else None
+        if word is None:
+            return tokens, b""
+        size = len(word.group().encode("utf-8"))
+        keep = len(tokens)
+        while keep > 1 and len(tokens) - keep < HEAL_TOKENS and len(self.llm.detokenize(tokens[keep:])) < size:
+            keep -= 1
+        return tokens[:keep], self.llm.detokenize(tokens[keep:])
+
+    def token_texts(self) -> TokenTexts:
+        """The vocabulary's token texts, read once (about a second for 262k tokens)."""
+        if self._token_texts is None:
+            import llama_cpp
+
+            started = time.perf_counter()
+            buffer = ctypes.create_string_buffer(256)
+            to_piece = llama_cpp.llama_token_to_piece
+            self._token_texts = TokenTexts([buffer[:max(0, to_piece(self._vocab, token, buffer, 256, 0, False))]
+                                            for token in range(self.vocabulary)])
+            logger.info("read the texts of %d tokens in %.2f s", self.vocabulary, time.perf_counter() - started)
+        return self._token_texts
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
@@ -180,29 +250,37 @@ class LlamaModel:
         cancel: threading.Event,
         should_stop: Callable[[str], bool] = lambda _: False,
         suffix: str = "",
+        heal: bool = False,
     ) -> Generation:
         """Greedy continuation of ``prompt`` (filling in before ``suffix`` on a FIM model);
-        ``should_stop(text)`` ends it early."""
-        tokens = self.prompt_tokens(prompt, self.n_ctx - max_tokens - 1, suffix)
+        ``should_stop(text)`` ends it early. ``heal``: the prompt ends where the cursor is, so
+        a word it ends in is healed (the text returned still starts at the prompt's end)."""
+        tokens, taken = self._healed_prompt(prompt, self.n_ctx - max_tokens - 1, suffix, heal)
         started = time.perf_counter()
         reused = self._evaluate_prompt(tokens, cancel)
         prompt_done = time.perf_counter()
         generated: list[int] = []
         logprobs: list[float] = []
-        text, stopped_by = "", "max_tokens"
-        while len(generated) < max_tokens:
+        text, stopped_by, pending, healing = "", "max_tokens", taken, 0
+        while len(generated) - healing < max_tokens:
             if cancel.is_set():
                 raise Cancelled()
             logits = self._last_logits()
-            token = int(logits.argmax())
+            if pending:  # the token must agree with the text taken back
+                allowed = self.token_texts().starting(pending)
+                token = int(allowed[logits[allowed].argmax()])
+                pending = pending[len(self.token_texts().text(token)):]
+                healing += 1
+            else:
+                token = int(logits.argmax())
             if self.is_end(token):
                 stopped_by = "eos"
                 break
             top = float(logits[token])
             logprobs.append(-float(np.log(np.exp(logits - top, dtype=np.float64).sum())))
             generated.append(token)
-            text = self.detokenize(generated)
-            if should_stop(text):
+            text = self.llm.detokenize(generated)[len(taken):].decode("utf-8", errors="ignore")
+            if not pending and should_stop(text):
                 stopped_by = "stop"
                 break
             self.llm.eval([token])

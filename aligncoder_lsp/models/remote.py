@@ -141,8 +141,10 @@ class RemoteEngine:
         return self._count(text) if self._count else math.ceil(len(text) / CHARS_PER_TOKEN)
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
-                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
-        """Greedy continuation streamed from the engine (``suffix`` is not used: left to right)."""
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
+                 heal: bool = False) -> Generation:
+        """Greedy continuation streamed from the engine (``suffix`` is not used: left to
+        right; nor is ``heal``: the engine gets the prompt as it is)."""
         started = time.perf_counter()
         stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
         first = stream.first_at or time.perf_counter()
@@ -363,13 +365,14 @@ class EngineWithFallback:
         return self._local
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
-                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "") -> Generation:
+                 should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
+                 heal: bool = False) -> Generation:
         try:
-            return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix)
+            return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
         except EngineUnavailable as error:
             if not self.engine.settings.fallback:
                 raise
-            generation = self.local().generate(prompt, max_tokens, cancel, should_stop, suffix)
+            generation = self.local().generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
             generation.backend, generation.fallback = self.local().name, str(error)
             return generation
 

@@ -22,6 +22,7 @@ from aligncoder_lsp import __version__
 from aligncoder_lsp.config import APPLIES, Applies, Settings, changed_keys, merge
 from aligncoder_lsp.index.embeddings import EncoderProcess
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
+from aligncoder_lsp.models.backend import LocalBackend
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest, Trace
 from aligncoder_lsp.server.completion import CompletionFeature
@@ -109,9 +110,12 @@ class AlignCoderServer(LanguageServer):
         return True
 
     def load_model(self) -> None:
-        """Load the generator ahead of the first request (on the model thread)."""
+        """Load the generator ahead of the first request (on the model thread), with the
+        token texts that token healing reads when the model runs in this process."""
         try:
-            self.engine.generator()
+            backend = self.engine.generator()
+            if isinstance(backend, LocalBackend):
+                backend.model.token_texts()
         except ModelUnavailable as error:
             self.report_model_error(error)
 

@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator, sha256_of
-from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, FimTokens, LlamaModel, fim_family, fim_prompt
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, FimTokens, LlamaModel, TokenTexts, fim_family, \
+    fim_prompt
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,40 @@ def test_fim_prompt_is_prefix_suffix_middle_within_room():
 def test_embedded_model_completes_left_to_right(model):
     assert model.fim is None and model.is_end(model.eos)
     assert model.prompt_tokens("x = 1", 100, suffix="y = 2") == model.prompt_tokens("x = 1", 100)
+
+
+def test_token_texts_find_the_tokens_that_can_start_a_text():
+    pieces = [b"", b" dev", b" device", b" d", b"dev", b" de", b" devil", b"x", b" dex", b" \xff", b" \xff\xffa", b"!"]
+    texts = TokenTexts(pieces)
+    assert sorted(texts.starting(b" dev")) == [1, 2, 3, 5, 6]  # starts with it, or is a part of its head
+    assert sorted(texts.starting(b" devic")) == [1, 2, 3, 5]
+    assert sorted(texts.starting(b" \xff")) == [9, 10]
+    assert texts.starting(b"zzz").size == 0
+    assert texts.text(2) == b" device" and texts.text(0) == b""
+
+
+DEVICE_CODE = """import torch
+
+
+def pick_device(prefer_gpu: bool) -> str:
+    device = "cuda" if prefer_gpu and torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Runner:
+    def __init__(self, model, device=None):
+        self.model = model
+        self.device = device or pick_device(prefer_gpu=True)
+
+    def run(self, batch):
+        if self.dev"""
+
+
+def test_token_healing_extends_a_partial_identifier(model):
+    plain = model.generate(DEVICE_CODE, 6, threading.Event())
+    healed = model.generate(DEVICE_CODE, 6, threading.Event(), heal=True)
+    assert not plain.text.startswith("ice")  # the prompt ends inside a token: the word is not extended
+    assert healed.text.startswith("ice"), healed.text
+    again = model.generate(DEVICE_CODE + "i", 6, threading.Event(), heal=True)
+    assert again.text.startswith("ce") and again.reused_tokens == again.prompt_tokens - 1
+    assert healed.prompt_tokens < len(model.tokenize(DEVICE_CODE, add_bos=True))

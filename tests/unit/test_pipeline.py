@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from aligncoder_lsp.balance import unclosed
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.models.llama_backend import Cancelled
@@ -124,3 +125,21 @@ def test_an_edit_of_a_shown_snippet_renews_the_block(tmp_path):
     index.set_file(str(path), path.read_text().replace("def ", "def  "))
     second = kept.complete(request, threading.Event(), "bm25").trace
     assert not second.kept_context and second.snippets
+
+
+@pytest.mark.parametrize("line", ["    ", "    cart.add_item(", '    raise ValueError('])
+def test_a_suggestion_cut_at_the_token_limit_leaves_nothing_open(engine, monkeypatch, line):
+    monkeypatch.setattr(engine.settings.model, "max_tokens", 6)
+    text = MAIN.read_text().replace("\n    \n", f"\n{line}\n", 1)
+    request = CompletionRequest(str(MAIN), text, 13, len(line))
+    result = engine.complete(request, threading.Event(), "none")
+    prefix, suffix = request.split()
+    assert result.trace.stopped_by == "max_tokens"
+    assert not [opening for opening in unclosed(prefix, result.text, suffix, "python")
+                if opening.offset >= len(prefix)], result.text
+
+
+def test_a_partial_identifier_is_extended(engine):
+    text = MAIN.read_text().replace("\n    \n", "\n    cart.add_it\n", 1)
+    result = engine.complete(CompletionRequest(str(MAIN), text, 13, len("    cart.add_it")), threading.Event(), "none")
+    assert result.text.startswith("em("), result.text

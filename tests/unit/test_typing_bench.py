@@ -10,7 +10,7 @@ import pytest
 from lsprotocol import types
 
 from aligncoder_lsp import cli
-from aligncoder_lsp.evaluation.balance import unclosed
+from aligncoder_lsp.balance import unclosed
 from aligncoder_lsp.evaluation.typing_bench import (
     Buffer,
     Request,
