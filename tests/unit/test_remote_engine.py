@@ -203,7 +203,7 @@ class _Local:
 
     name = "llama.cpp in-process"
 
-    def generate(self, prompt, max_tokens, cancel, should_stop=lambda _: False, suffix=""):
+    def generate(self, prompt, max_tokens, cancel, should_stop=lambda _: False, suffix="", heal=False):
         return Generation("local()", 1, 0, 1, 0.0, 0.0, "eos", [])
 
     def close(self):
