@@ -23,6 +23,7 @@ from aligncoder_lsp.index.workspace_index import WorkspaceIndex
 from aligncoder_lsp.pipeline import CompletionEngine, CompletionRequest
 from aligncoder_lsp.retrieval.selective import selective_features
 from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
+from aligncoder_lsp.training.headroom import STOP
 from aligncoder_lsp.training.store import CANDIDATES, Hole, Progress, Run, Shard
 from aligncoder_lsp.workspace.files import language_of
 
@@ -30,9 +31,6 @@ logger = logging.getLogger(__name__)
 
 SERVING_ONLY = {"enabled", "mode", "lexical_weight", "threshold", "policy"}
 """Retrieval settings that do not change what is re-ranked."""
-
-STOP = "stop"
-"""Id of the stop item: the prompt without repository context."""
 
 
 def candidate_record(engine: CompletionEngine, hole: Hole, path: str, prefix: str, cancel: threading.Event) -> dict:

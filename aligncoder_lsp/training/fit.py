@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aligncoder_lsp.training.headroom import STOP
 from aligncoder_lsp.training.store import CANDIDATES, SCORES, Run, RunError, format_duration
 
 logger = logging.getLogger(__name__)
 
-STOP = "stop"
 CARD = "README.md"
 
 

@@ -14,6 +14,7 @@ from aligncoder_lsp.training.store import Run
 from aligncoder_lsp.workspace.files import language_of
 
 STOP = "stop"
+"""Id of the stop item: the prompt without repository context."""
 
 
 def hole_rewards(candidates: dict, scores: dict) -> dict | None:
@@ -43,13 +44,14 @@ def headroom(run: Run) -> dict:
     return {group: _summary(rows) for group, rows in sorted(groups.items())}
 
 
-def _summary(rows: list[dict]) -> dict:
-    def mean_with_interval(values: list[float]) -> list[float]:
-        """Mean and a 95% normal interval of the mean."""
-        mean = statistics.fmean(values)
-        half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
-        return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+def mean_with_interval(values: list[float]) -> list[float]:
+    """Mean and a 95% normal interval of the mean."""
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
+    return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
 
+
+def _summary(rows: list[dict]) -> dict:
     return {
         "holes": len(rows),
         "mean_ll": {key: round(statistics.fmean(r[key] for r in rows), 4) for key in ("none", "bm25_top1", "best")},

@@ -18,7 +18,7 @@ import numpy as np
 
 from aligncoder_lsp.evaluation.calibrate import choose_threshold
 from aligncoder_lsp.retrieval.selective import FEATURES, SelectivePolicy
-from aligncoder_lsp.training.fit import STOP
+from aligncoder_lsp.training.headroom import STOP
 from aligncoder_lsp.training.store import CANDIDATES, SCORES, Run, RunError
 
 logger = logging.getLogger(__name__)

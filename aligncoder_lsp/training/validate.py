@@ -11,7 +11,6 @@ retriever, and the ranking metrics against the reward labels (hit@1, KL).
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 
 import numpy as np
@@ -21,7 +20,8 @@ from aligncoder_lsp.index.embeddings import Encoder
 from aligncoder_lsp.models.llama_backend import LlamaModel, TargetScorer
 from aligncoder_lsp.models.prompts import COMMENT, ContextPiece, code_window, fit_context, render_context
 from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
-from aligncoder_lsp.training.fit import STOP, Example, FitSettings, examples, ranking_metrics
+from aligncoder_lsp.training.fit import Example, FitSettings, examples, ranking_metrics
+from aligncoder_lsp.training.headroom import STOP, mean_with_interval
 from aligncoder_lsp.training.store import CANDIDATES, Progress, Run, RunError
 from aligncoder_lsp.workspace.files import language_of
 
@@ -99,12 +99,6 @@ def run_validate(run: Run, repositories: dict[str, Repository], settings: Settin
 
 def _report(used: list[Example], likelihoods: dict[str, list[float]], scores: dict[str, list[np.ndarray]],
             fit: FitSettings, first: str) -> dict:
-    def paired(values: list[float]) -> list[float]:
-        """Mean difference and a 95% normal interval."""
-        mean = statistics.fmean(values)
-        half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
-        return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
-
     report: dict = {"holes": len(used), "top_k_likelihood": {}, "ranking": {}, f"minus_{first}": {}}
     for name, values in likelihoods.items():
         if not values:
@@ -114,5 +108,5 @@ def _report(used: list[Example], likelihoods: dict[str, list[float]], scores: di
         if name == BM25:  # its scores are positions: only its choices mean something
             report["ranking"][name].pop("kl")
         if name != first:
-            report[f"minus_{first}"][name] = paired([a - b for a, b in zip(values, likelihoods[first])])
+            report[f"minus_{first}"][name] = mean_with_interval([a - b for a, b in zip(values, likelihoods[first])])
     return report
