@@ -85,6 +85,12 @@ class CompletionFeature:
 
     def _start(self, key: Key, request: CompletionRequest) -> _Job:
         job = self._jobs[key] = _Job()
+        job.future = self.server.track(asyncio.ensure_future(self._run(key, job, request)), "completion")
+        return job
+
+    async def _run(self, key: Key, job: _Job, request: CompletionRequest) -> Completion | None:
+        """Compute on the model thread; this task starts after the requests read with this
+        one have been seen, so a burst of keystrokes computes only its newest."""
         engine = self.server.engine
 
         def compute() -> Completion:
@@ -93,13 +99,10 @@ class CompletionFeature:
             logger.debug("completing %s at %d:%d", request.path, request.line + 1, request.column + 1)
             return engine.complete(request, job.cancel)
 
-        work = asyncio.get_running_loop().run_in_executor(self.server.model_executor, compute)
-        job.future = self.server.track(asyncio.ensure_future(self._settle(work, key, job)), "completion")
-        return job
-
-    async def _settle(self, work: asyncio.Future, key: Key, job: _Job) -> Completion | None:
         try:
-            completion = await work
+            if job.cancel.is_set():
+                raise Cancelled()
+            completion = await asyncio.get_running_loop().run_in_executor(self.server.model_executor, compute)
             self.server.report_backend(completion.trace)
             return completion
         except Cancelled:

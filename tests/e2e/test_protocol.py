@@ -87,7 +87,9 @@ def test_requests_after_shutdown_are_rejected_and_exit_is_clean(peer):
     response = peer.request("textDocument/completion", _completion())
     assert response["error"]["code"] == INVALID_REQUEST
     peer.notify("exit")
-    assert peer.wait() == 0
+    code = peer.wait()
+    peer.log_closed.wait(10)
+    assert code == 0, b"".join(peer.stderr_lines).decode(errors="replace")
 
 
 def test_exit_without_shutdown_exits_1(peer):
