@@ -264,7 +264,7 @@ def _complete(args: argparse.Namespace) -> int:
     if stats:
         print(f"index: {stats.files} files, {stats.snippets} snippets in {stats.seconds:.2f} s", file=sys.stderr)
     print(f"mode: {trace.mode}, shape: {trace.shape}, model: {trace.model} ({trace.prompt_format})", file=sys.stderr)
-    for use in trace.snippets:
+    for use in trace.file_context + trace.snippets:
         print(f"snippet: {use.describe()}", file=sys.stderr)
     print(f"tokens: prompt {trace.prompt_tokens} (reused {trace.reused_tokens}), generated "
           f"{trace.generated_tokens}, stopped by {trace.stopped_by}", file=sys.stderr)

@@ -193,6 +193,8 @@ class CompletionSettings:
     """Tokens of the code after the cursor given to fill-in-the-middle models (0: always left to right)."""
     max_lines: int = _integer(8, 1, 200)
     """Upper bound of lines in a multi-line completion."""
+    file_context_tokens: int = _integer(256, 0, MAX_CONTEXT)
+    """Tokens of signatures of the current file's definitions that lie before the code in the prompt (its class's members, module functions); 0: none."""
 
 
 def _matches(pattern: str, what: str) -> Any:
@@ -275,7 +277,7 @@ class Rule:
 
 RULES = (
     Rule("model.nCtx", (("completion.prefixTokens",), ("completion.suffixTokens",), ("retrieval.contextTokens",),
-                        ("model.maxTokens",)), PROMPT_MARGIN,
+                        ("completion.fileContextTokens",), ("model.maxTokens",)), PROMPT_MARGIN,
          "the prompt and the answer fit the context window (otherwise the prompt's start is cut on every "
          "request and its KV cache is never reused)"),
     Rule("model.nCtx", (("retrieval.draftPrefixTokens",), ("retrieval.draftContextTokens",),

@@ -27,6 +27,7 @@ from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context
     tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
 from aligncoder_lsp.retrieval.coarse import coarse_candidates
+from aligncoder_lsp.retrieval.file_context import file_context
 from aligncoder_lsp.retrieval.fine import enhanced_query, fine_rank
 from aligncoder_lsp.retrieval.selective import SelectivePolicy, selective_features
 
@@ -69,7 +70,7 @@ class SnippetUse:
     source: str
 
     def describe(self) -> str:
-        score = f", score {self.score:.2f}" if self.source != "dependency" else ""
+        score = f", score {self.score:.2f}" if self.source not in ("dependency", "file") else ""
         return f"{self.path}:{self.start_line}-{self.end_line} ({self.source}{score})"
 
 
@@ -98,6 +99,8 @@ class Trace:
     """Characters of a shown suggestion the user typed; the rest was answered without the model."""
     kept_context: bool = False
     """The context block of the previous request in this file was kept (still relevant)."""
+    file_context: list[SnippetUse] = field(default_factory=list)
+    """Definitions of the current file before the code window whose signatures head the code."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -255,13 +258,16 @@ class CompletionEngine:
         cursor = Cursor.at(prefix, suffix, request.language)
         trace.shape = cursor.mode
         completion = self.settings.completion
-        code = code_window(prefix, completion.prefix_tokens, model.count_tokens)[0]
+        code, spaces = code_window(prefix, completion.prefix_tokens, model.count_tokens)
+        earlier = file_context(prefix[: len(prefix) - len(spaces) - len(code)], request.language,
+                               completion.file_context_tokens, model.count_tokens)
+        trace.file_context = [SnippetUse(request.path, d.start + 1, d.end, 0.0, "file") for d in earlier.definitions]
         after = ""
         if model.fim is not None and completion.suffix_tokens > 0 and suffix.strip():
             after = head_within(suffix[: completion.suffix_tokens * 8], completion.suffix_tokens, model.count_tokens)
             trace.prompt_format = f"fill-in-the-middle ({model.fim.family})"
         clock.lap("prompt")
-        return _Job(request, model, prefix, cursor, code, after, trace, clock)
+        return _Job(request, model, prefix, cursor, earlier.block + code, after, trace, clock)
 
     def _generate(self, job: _Job, prompt: str, cancel: threading.Event) -> Generation:
         max_lines = self.settings.completion.max_lines
@@ -408,7 +414,7 @@ class _Job:
     prefix: str
     cursor: Cursor
     code: str
-    """The code before the cursor that fits the prompt."""
+    """The code before the cursor that fits the prompt, headed by the file's earlier definitions."""
     suffix: str
     """The code after the cursor given to a fill-in-the-middle model ('' for left to right)."""
     trace: Trace

@@ -1,4 +1,5 @@
-"""Prompt layout: repository context as comments, then the code before the cursor.
+"""Prompt layout: repository context as comments, the current file's earlier definitions,
+then the code before the cursor.
 
 The context comes first and the prefix last, so that consecutive requests in one file share
 a long token prefix (the KV cache is reused) whenever the context did not change.
@@ -14,17 +15,24 @@ COMMENT = {"python": "#", "java": "//"}
 
 CONTEXT_HEADER = "Code from other files of this repository:"
 
+FILE_HEADER = "Definitions earlier in this file:"
+
 
 def render_context(snippets: list[tuple[str, str]], language: str) -> str:
     """``snippets`` as (display path, text) pairs rendered as a comment block."""
-    if not snippets:
-        return ""
+    return _comment_block(CONTEXT_HEADER, [line for path, text in snippets for line in [f"--- {path}", *text.split("\n")]],
+                          language) if snippets else ""
+
+
+def render_file_context(signatures: list[str], language: str) -> str:
+    """Signatures of the current file's definitions as a comment block."""
+    return _comment_block(FILE_HEADER, [line for text in signatures for line in text.split("\n")],
+                          language) if signatures else ""
+
+
+def _comment_block(header: str, lines: list[str], language: str) -> str:
     mark = COMMENT.get(language, "#")
-    out = [f"{mark} {CONTEXT_HEADER}"]
-    for path, text in snippets:
-        out.append(f"{mark} --- {path}")
-        out.extend(f"{mark} {line}".rstrip() for line in text.split("\n"))
-    return "\n".join(out) + "\n\n"
+    return "\n".join(f"{mark} {line}".rstrip() for line in [header, *lines]) + "\n\n"
 
 
 @dataclass(frozen=True)

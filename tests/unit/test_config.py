@@ -103,6 +103,7 @@ EDGES = [  # setting, values refused, values accepted
     ("completion.prefixTokens", [0], [1, 2000]),
     ("completion.suffixTokens", [-1], [0, 1000]),
     ("completion.maxLines", [0, 201], [1, 200]),
+    ("completion.fileContextTokens", [-1], [0, 1000]),
 ]
 
 
@@ -162,7 +163,7 @@ def test_context_window_below_the_prompt_budgets_is_refused():
 def test_smaller_window_with_smaller_budgets_in_one_update_is_accepted():
     settings = Settings()
     update = {"model": {"nCtx": 1024, "maxTokens": 32},
-              "completion": {"prefixTokens": 500, "suffixTokens": 100},
+              "completion": {"prefixTokens": 400, "suffixTokens": 100, "fileContextTokens": 100},
               "retrieval": {"contextTokens": 300, "draftPrefixTokens": 200, "draftContextTokens": 200}}
     assert merge(settings, update) == []
     assert settings.model.n_ctx == 1024

@@ -143,3 +143,14 @@ def test_a_partial_identifier_is_extended(engine):
     text = MAIN.read_text().replace("\n    \n", "\n    cart.add_it\n", 1)
     result = engine.complete(CompletionRequest(str(MAIN), text, 13, len("    cart.add_it")), threading.Event(), "none")
     assert result.text.startswith("em("), result.text
+
+
+def test_the_files_earlier_definitions_head_the_code_when_the_window_leaves_them_out(engine, monkeypatch):
+    text = MAIN.read_text()
+    monkeypatch.setattr(engine.settings.completion, "prefix_tokens", 24)  # the window starts after the imports
+    with_block = engine.complete(CompletionRequest(str(MAIN), text, 13, 4), threading.Event(), "none").trace
+    assert [use.source for use in with_block.file_context] and with_block.file_context[0].path == str(MAIN)
+    assert all(use.end_line <= 13 for use in with_block.file_context)  # before the cursor
+    monkeypatch.setattr(engine.settings.completion, "file_context_tokens", 0)
+    without = engine.complete(CompletionRequest(str(MAIN), text, 13, 4), threading.Event(), "none").trace
+    assert without.file_context == [] and without.prompt_tokens < with_block.prompt_tokens
