@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                             help="train the retriever's query tower on the rewards; keep the best held-out pass")
     fit.add_argument("--retriever-out", type=Path, required=True, metavar="FOLDER",
                      help="where to write the trained retriever (a sentence-transformers folder)")
+    fit.add_argument("--also", type=Path, nargs="+", default=[], metavar="RUN",
+                     help="more run folders whose scored holes join (a repository held out in one is held out in all)")
     fit.add_argument("--loss", choices=("kl", "hard"), default="kl",
                      help="kl: distil the reward distribution (default); hard: cross-entropy on the best candidate")
     fit.add_argument("--epochs", type=int, default=4, help="passes over the training holes (default 4)")
@@ -337,12 +339,18 @@ def _train_candidates(args: argparse.Namespace) -> int:
 
 
 def _train_score(args: argparse.Namespace) -> int:
-    from aligncoder_lsp.pipeline import load_generator
+    from aligncoder_lsp.pipeline import load_scorer
     from aligncoder_lsp.training.score import run_score
 
-    return _train_phase(args, lambda run, repositories, settings, shard: run_score(
-        run, repositories, settings, load_generator(settings), shard, args.window_tokens,
-        args.limit, args.log_every))
+    def score(run, repositories, settings, shard) -> int:
+        scorer = load_scorer(settings)
+        try:
+            return run_score(run, repositories, settings, scorer, shard, args.window_tokens, args.limit,
+                             args.log_every)
+        finally:
+            scorer.close()
+
+    return _train_phase(args, score)
 
 
 def _train_fit(args: argparse.Namespace) -> int:
@@ -355,7 +363,7 @@ def _train_fit(args: argparse.Namespace) -> int:
                       lexical_weight=settings.retrieval.lexical_weight)
     try:
         base = Path(settings.retriever.model).expanduser() if settings.retriever.model else embedded_retriever()
-        report = run_fit(Run(args.out), base, args.retriever_out, fit, args.log_every)
+        report = run_fit([Run(args.out), *map(Run, args.also)], base, args.retriever_out, fit, args.log_every)
     except (RunError, ModelUnavailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -20,9 +20,9 @@ from aligncoder_lsp.config import MODES, Settings
 from aligncoder_lsp.index.embeddings import Encoder, TextEncoder, retriever_identity
 from aligncoder_lsp.index.snippets import Snippet
 from aligncoder_lsp.index.workspace_index import WorkspaceIndex
-from aligncoder_lsp.models.backend import Backend, LocalBackend
+from aligncoder_lsp.models.backend import Backend, LocalBackend, Scorer
 from aligncoder_lsp.models.embedded import ModelUnavailable, check_gguf, embedded_generator
-from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafter, Generation, LlamaModel, TargetScorer
 from aligncoder_lsp.models.prompts import ContextPiece, code_window, fit_context, head_within, render_context, \
     tail_within
 from aligncoder_lsp.postprocess import Cursor, finish, is_complete
@@ -126,6 +126,16 @@ def load_backend(settings: Settings) -> Backend:
     from aligncoder_lsp.models.remote import EngineWithFallback
 
     return EngineWithFallback(connect_engine(settings), lambda: LocalBackend(load_generator(settings)))
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """Reward scoring on the configured backend: the in-process model, or the engine at
+    ``engine.url`` (no fallback: one run's rewards come from one generator)."""
+    if not settings.engine.url:
+        return TargetScorer(load_generator(settings))
+    from aligncoder_lsp.models.remote import EngineScorer
+
+    return EngineScorer(connect_engine(settings))
 
 
 def connect_engine(settings: Settings) -> RemoteEngine:

@@ -69,6 +69,7 @@ class FakeEngine:
 
     def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None]):
         self.requests = 0
+        self.bodies: list[bytes] = []
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,6 +78,7 @@ class FakeEngine:
 
             def do_POST(self):
                 self.rfile_body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                engine.bodies.append(self.rfile_body)
                 engine.requests += 1
                 reply(self, engine.requests)
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from aligncoder_lsp.models.llama_backend import Drafter, Drafts, FimTokens, Generation, LlamaModel
+from aligncoder_lsp.models.llama_backend import Drafter, Drafts, FimTokens, Generation, LlamaModel, TargetScore
 
 
 class Backend(Protocol):
@@ -40,6 +40,20 @@ class Backend(Protocol):
                should_stop: Callable[[str], bool] = lambda _: False,
                temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
         """``k`` sampled continuations of ``prompt``, each ended by ``should_stop``."""
+
+    def close(self) -> None: ...
+
+
+class Scorer(Protocol):
+    """Reward scoring for training: the generator's log-likelihood of a target after prompts."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def facts(self) -> dict:
+        """What a run's scores depend on (a run is never continued with other facts)."""
+
+    def score_all(self, prompts: list[str], target: str, cancel: threading.Event | None = None) -> list[TargetScore]:
+        """``target``'s per-token log-probabilities after each of ``prompts``, in their order."""
 
     def close(self) -> None: ...
 

@@ -426,6 +426,16 @@ class TargetScorer:
     def close(self) -> None:
         self._context.close()
 
+    def count_tokens(self, text: str) -> int:
+        return self.model.count_tokens(text)
+
+    def facts(self) -> dict:
+        return {"generator": self.model.path.name, "n_ctx": self.model.n_ctx}
+
+    def score_all(self, prompts: list[str], target: str, cancel: threading.Event | None = None) -> list[TargetScore]:
+        """One after the other (prompts in sorted order share their KV prefix)."""
+        return [self.score(prompt, target, cancel) for prompt in prompts]
+
     def score(self, prompt: str, target: str, cancel: threading.Event | None = None) -> TargetScore:
         """``prompt`` is tokenized as the generator tokenizes a prompt (BOS first, the oldest
         code dropped when too long) and ``target`` on its own, as generation would produce it."""

@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ import httpx
 from aligncoder_lsp.config import EngineSettings
 from aligncoder_lsp.models.backend import Backend
 from aligncoder_lsp.models.embedded import ModelUnavailable
-from aligncoder_lsp.models.llama_backend import Cancelled, Drafts, Generation, gguf_token_counter
+from aligncoder_lsp.models.llama_backend import Cancelled, Drafts, Generation, TargetScore, gguf_token_counter
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,35 @@ class RemoteEngine:
         elapsed = (time.perf_counter() - started) * 1000
         return Drafts(texts, self.count_tokens(prompt), 0, 0.0, elapsed)
 
+    def target_scores(self, prompts: list[str], target: str, cancel: threading.Event) -> list[TargetScore]:
+        """Each prompt's log-probabilities of ``target``, read from the engine's log-probabilities
+        of the prompt (``echo`` with ``logprobs``: vLLM, llama-cpp-python's server started with
+        ``--logits_all true``); the requests go at once, within ``engine.concurrency``."""
+        return self._wait(self._target_scores(prompts, target), cancel)
+
+    async def _target_scores(self, prompts: list[str], target: str) -> list[TargetScore]:
+        return list(await asyncio.gather(*(self._target_score(prompt, target) for prompt in prompts)))
+
+    async def _target_score(self, prompt: str, target: str) -> TargetScore:
+        body = {**self._body(prompt + target, 1, temperature=0.0), "stream": False, "echo": True, "logprobs": 0}
+        body.pop("stop", None)
+        choices = (await self._retrying(lambda: self._answer(body)))["choices"]
+        logprobs = choices[0].get("logprobs") if choices else None
+        offsets = logprobs.get("text_offset") if isinstance(logprobs, dict) else None
+        values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+        if not isinstance(offsets, list) or not isinstance(values, list) or len(offsets) != len(values):
+            raise self._problem("gives no log-probabilities of the prompt, which reward scoring needs "
+                                "(llama-cpp-python's server: --logits_all true)")
+        end = len(prompt) + len(target)
+        starts = [*offsets[1:], end]
+        # target tokens: those that end inside the target and start before its end (a token
+        # across the boundary carries target characters); the one generated token is not
+        picked = [value for offset, following, value in zip(offsets, starts, values)
+                  if isinstance(offset, int) and offset < end and min(following, end) > len(prompt)]
+        if any(not isinstance(value, (int, float)) for value in picked):
+            raise _malformed(self.url, "a target token without a log-probability")
+        return TargetScore([float(value) for value in picked], len(offsets) - len(picked), 0)
+
     # -- engine facts, for doctor ----------------------------------------------------------
 
     def models(self, cancel: threading.Event | None = None) -> list[str]:
@@ -225,11 +254,15 @@ class RemoteEngine:
 
     async def _complete(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
         """One completion request with its retries, within the timeout."""
+        return await self._retrying(lambda: self._stream(body, n, should_stop))
+
+    async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
+        """``request()`` within a slot and the timeout, again after a busy or unreachable engine."""
         settings = self.settings
         for attempt in range(settings.retries + 1):
             try:
                 async with self._slots:
-                    return await asyncio.wait_for(self._stream(body, n, should_stop), settings.timeout)
+                    return await asyncio.wait_for(request(), settings.timeout)
             except _Retry as problem:
                 if attempt == settings.retries:
                     raise self._problem(str(problem)) from None
@@ -264,6 +297,17 @@ class RemoteEngine:
         if len(stream.done) < len(stream.texts):
             raise _malformed(self.url, "the stream ended before the answer did")
         return stream
+
+    async def _answer(self, body: dict[str, Any]) -> dict:
+        """One request answered whole (not streamed)."""
+        try:
+            response = await self._client.post("/v1/completions", json=body, timeout=self.settings.timeout)
+        except httpx.TransportError as error:
+            if isinstance(error, httpx.TimeoutException):
+                raise
+            raise _Retry(f"is not reachable ({type(error).__name__})") from error
+        await self._check(response)
+        return _parse(response.content, self.url)
 
     def _problem(self, what: str) -> EngineUnavailable:
         return EngineUnavailable(f"the inference engine at {self.url} {what}")
@@ -344,6 +388,25 @@ def _token_logprobs(logprobs: Any) -> list[float]:
 def _malformed(url: str, detail: str) -> EngineUnavailable:
     logger.warning("the inference engine at %s sent a malformed answer: %s", url, detail)
     return EngineUnavailable(f"the inference engine at {url} sent a malformed response (see the log)")
+
+
+class EngineScorer:
+    """Reward scoring on the engine (a team's GPU server), for ``train score``."""
+
+    def __init__(self, engine: RemoteEngine):
+        self.engine = engine
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def facts(self) -> dict:
+        return {"generator": self.engine.model_name, "scoring": "engine"}
+
+    def score_all(self, prompts: list[str], target: str, cancel: threading.Event | None = None) -> list[TargetScore]:
+        return self.engine.target_scores(prompts, target, cancel or threading.Event())
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 class EngineWithFallback:

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class Example:
     """One scored hole: its query and its candidates (the stop item left out)."""
 
     hole: str
+    repo: str
     split: str
     query: str
     texts: list[str]
@@ -83,11 +84,24 @@ def examples(run: Run) -> list[Example]:
         lexical = np.array([c["score"] for c in items], dtype=np.float32)
         lexical = lexical / lexical.max() if lexical.max() > 0 else np.zeros_like(lexical)
         bm25 = [i for i, c in enumerate(items) if c["source"] == "bm25"]
-        found.append(Example(hole_id, holes[hole_id].split, candidates[hole_id]["enhanced_query"],
+        found.append(Example(hole_id, holes[hole_id].repo, holes[hole_id].split, candidates[hole_id]["enhanced_query"],
                              [c["text"] for c in items], lexical,
                              np.array([rewards[c["id"]] for c in items], dtype=np.float32),
                              max(bm25, key=lambda i: items[i]["score"]) if bm25 else -1))
     return found
+
+
+def examples_of(runs: list[Run]) -> list[Example]:
+    """The scored holes of several runs (e.g. one per language); a repository held out in any
+    of them is held out in all, so no held-out code is trained on."""
+    per_run = [examples(run) for run in runs]
+    held_out = [{example.repo for example in found if example.split != "train"} for found in per_run]
+    joined = []
+    for position, found in enumerate(per_run):
+        elsewhere = set().union(*(repos for other, repos in enumerate(held_out) if other != position))
+        joined.extend(replace(example, split="held-out") if example.repo in elsewhere else example
+                      for example in found)
+    return joined
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:
@@ -180,14 +194,14 @@ def evaluate(tower: QueryTower, examples: list[Example], settings: FitSettings) 
     return ranking_metrics(examples, scores, settings)
 
 
-def run_fit(run: Run, base: Path, out: Path, settings: FitSettings, log_every: int = 10) -> dict:
-    """Fit the query tower on the run's train split, keep the pass with the lowest held-out
+def run_fit(runs: list[Run], base: Path, out: Path, settings: FitSettings, log_every: int = 10) -> dict:
+    """Fit the query tower on the runs' train split, keep the pass with the lowest held-out
     KL, save it to ``out``; returns the report (also in the card)."""
     import torch
 
     if settings.loss not in ("kl", "hard"):
         raise RunError(f"unknown loss {settings.loss!r} (kl or hard)")
-    found = examples(run)
+    found = examples_of(runs)
     train = [example for example in found if example.split == "train"]
     held_out = [example for example in found if example.split != "train"]
     if not train or not held_out:
@@ -198,7 +212,8 @@ def run_fit(run: Run, base: Path, out: Path, settings: FitSettings, log_every: i
     torch.manual_seed(settings.seed)
     tower = QueryTower(base)
     tower.document_vectors([text for example in found for text in example.texts])
-    report = {"settings": asdict(settings), "holes": {"train": len(train), "held_out": len(held_out)},
+    report = {"settings": asdict(settings), "runs": [run.folder.name for run in runs],
+              "holes": {"train": len(train), "held_out": len(held_out)},
               "untrained": {"train": evaluate(tower, train, settings), "held_out": evaluate(tower, held_out, settings)},
               "passes": []}
     logger.info("fit: untrained held-out %s", report["untrained"]["held_out"])
@@ -241,38 +256,40 @@ def run_fit(run: Run, base: Path, out: Path, settings: FitSettings, log_every: i
         raise RunError(f"no pass beat the untrained retriever on held-out KL ({best_kl}); nothing saved. "
                        f"Report: {json.dumps(report)}")
     tower.model.load_state_dict(best_state)
-    save_checkpoint(tower, out, run, report)
+    save_checkpoint(tower, out, runs, report)
     return report
 
 
-def save_checkpoint(tower: QueryTower, out: Path, run: Run, report: dict) -> None:
+def save_checkpoint(tower: QueryTower, out: Path, runs: list[Run], report: dict) -> None:
     """The query tower in half precision, ``retriever.json`` and the training card."""
     from aligncoder_lsp.index.embeddings import QUERY_TOWER_FILE
     from aligncoder_lsp.models.embedded import embedded_retriever
 
     tower.model.half()
     tower.model.save(str(out))
-    manifest = run.manifest()
+    manifests = [run.manifest() for run in runs]
     base = tower.base.resolve()
     documents = "embedded" if base == embedded_retriever().resolve() else str(base)
     (out / QUERY_TOWER_FILE).write_text(json.dumps({"documents": documents}, indent=1) + "\n")
-    (out / CARD).write_text(training_card(manifest, report), encoding="utf-8")
+    (out / CARD).write_text(training_card(manifests, report), encoding="utf-8")
 
 
-def training_card(manifest: dict, report: dict) -> str:
+def training_card(manifests: list[dict], report: dict) -> str:
     repositories = "\n".join(
         f"| {entry['name']} | {entry.get('version', '')} | {entry.get('licence', entry.get('license', ''))} "
-        f"| {len(entry.get('files', {}))} |" for entry in manifest.get("repositories", []))
+        f"| {len(entry.get('files', {}))} |" for manifest in manifests for entry in manifest.get("repositories", []))
+    generators = ", ".join(sorted({manifest.get("generator", "") for manifest in manifests}))
     return f"""# AlignRetriever query tower
 
 A sentence-transformers model that encodes completion queries (the code before the cursor and
 the sampler's drafts); snippets keep the base retriever's vectors (`retriever.json`). Trained by
 `aligncoder-lsp train fit`: listwise distillation of the generator's rewards
-(`{manifest.get('generator', '')}`) over each hole's candidates.
+(`{generators}`) over each hole's candidates.
 
 ## Data
 
-{report['holes']['train']} training holes, {report['holes']['held_out']} held-out holes (split by repository).
+{report['holes']['train']} training holes, {report['holes']['held_out']} held-out holes (split by repository),
+from the runs {', '.join(report['runs'])}.
 
 | repository | version | licence | files |
 |---|---|---|---|

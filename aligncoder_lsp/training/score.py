@@ -6,7 +6,9 @@ cursor (at most ``window_tokens``), then the target. Logits are computed only at
 positions that predict target tokens. The code window and the target are the same for all
 candidates of a hole, but they come after the candidate, so only the common head of the
 prompts (BOS and the context header) is reused from the KV cache; candidates are scored in
-the order of their rendered text to make that head as long as possible.
+the order of their rendered text to make that head as long as possible. On an inference
+engine (``--engine``) the log-likelihoods come from the engine's log-probabilities of the
+prompt, all candidates of a hole at once.
 
 Per hole one compact line: candidate ids, rounded log-likelihoods, the target's token count
 (``n``), the tokens evaluated (``t``) and the seconds taken (``s``).
@@ -19,7 +21,7 @@ import threading
 import time
 
 from aligncoder_lsp.config import Settings
-from aligncoder_lsp.models.llama_backend import LlamaModel, TargetScorer
+from aligncoder_lsp.models.backend import Scorer
 from aligncoder_lsp.models.prompts import code_window
 from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
 from aligncoder_lsp.training.store import CANDIDATES, SCORES, Hole, Progress, Run, Shard
@@ -30,29 +32,26 @@ WINDOW_TOKENS = 384
 """Default tokens of in-file code before the cursor when scoring (TRAINING.md's recipe)."""
 
 
-def score_hole(scorer: TargetScorer, model: LlamaModel, hole: Hole, prefix: str, candidates: list[dict],
-               window_tokens: int, cancel: threading.Event | None = None) -> dict:
+def score_hole(scorer: Scorer, hole: Hole, prefix: str, candidates: list[dict], window_tokens: int,
+               cancel: threading.Event | None = None) -> dict:
     """The record of one hole: each candidate's mean target log-likelihood."""
-    code, healed = code_window(prefix, window_tokens, model.count_tokens)
+    code, healed = code_window(prefix, window_tokens, scorer.count_tokens)
     target = healed + hole.target
-    means: dict[int, float] = {}
-    tokens = evaluated = 0
-    for position in sorted(range(len(candidates)), key=lambda i: candidates[i]["shown"]):
-        result = scorer.score(candidates[position]["shown"] + code, target, cancel)
-        means[position] = round(result.mean, 4)
-        tokens = len(result.logprobs)
-        evaluated += result.prompt_tokens + max(0, tokens - 1) - result.reused_tokens
+    order = sorted(range(len(candidates)), key=lambda i: candidates[i]["shown"])  # shared prefixes together
+    results = scorer.score_all([candidates[i]["shown"] + code for i in order], target, cancel)
+    means = {position: round(result.mean, 4) for position, result in zip(order, results)}
+    tokens = len(results[-1].logprobs) if results else 0
+    evaluated = sum(r.prompt_tokens + max(0, len(r.logprobs) - 1) - r.reused_tokens for r in results)
     return {"hole": hole.id, "ids": [c["id"] for c in candidates], "ll": [means[i] for i in range(len(candidates))],
             "n": tokens, "t": evaluated}
 
 
-def run_score(run: Run, repositories: dict[str, Repository], settings: Settings, model: LlamaModel, shard: Shard,
+def run_score(run: Run, repositories: dict[str, Repository], settings: Settings, scorer: Scorer, shard: Shard,
               window_tokens: int = WINDOW_TOKENS, limit: int | None = None, log_every: int = 10) -> int:
     """Score the shard's holes that have candidates and no score yet; returns how many."""
     manifest = run.manifest()
     window_tokens = min(window_tokens, settings.completion.prefix_tokens)
-    run.settle("score", {"generator": model.path.name, "window_tokens": window_tokens,
-                         "n_ctx": model.n_ctx})
+    run.settle("score", {**scorer.facts(), "window_tokens": window_tokens})
     candidates = run.records(CANDIDATES)
     done = set(run.records(SCORES))
     holes = [hole for hole in run.holes(shard) if hole.id not in done]
@@ -64,17 +63,13 @@ def run_score(run: Run, repositories: dict[str, Repository], settings: Settings,
     output = run.shard_file(SCORES, shard)
     output.repair()
     indexing = index_settings(settings.index, manifest.get("exclude", []))
-    scorer = TargetScorer(model)
     progress = Progress("score", len(todo), log_every, already=len(done))
-    try:
-        for _, _, source, holes_of_file in files_with_holes(todo, repositories, manifest, indexing, "score"):
-            for hole in holes_of_file:
-                started = time.perf_counter()
-                record = score_hole(scorer, model, hole, source.text[: hole.offset],
-                                    candidates[hole.id]["candidates"], window_tokens)
-                record["s"] = round(time.perf_counter() - started, 2)
-                output.append(record)
-                progress.tick()
-    finally:
-        scorer.close()
+    for _, _, source, holes_of_file in files_with_holes(todo, repositories, manifest, indexing, "score"):
+        for hole in holes_of_file:
+            started = time.perf_counter()
+            record = score_hole(scorer, hole, source.text[: hole.offset], candidates[hole.id]["candidates"],
+                                window_tokens)
+            record["s"] = round(time.perf_counter() - started, 2)
+            output.append(record)
+            progress.tick()
     return progress.done

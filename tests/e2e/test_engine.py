@@ -13,8 +13,9 @@ import pytest
 
 from aligncoder_lsp.config import Settings
 from aligncoder_lsp.evaluation.rpc import RpcPeer
-from aligncoder_lsp.models.llama_backend import LlamaModel
-from aligncoder_lsp.models.remote import RemoteEngine
+from aligncoder_lsp.models.embedded import ModelUnavailable
+from aligncoder_lsp.models.llama_backend import LlamaModel, TargetScorer
+from aligncoder_lsp.models.remote import EngineScorer, RemoteEngine
 from aligncoder_lsp.pipeline import local_generator_path
 from tests.conftest import FIXTURES
 from tests.engines import FakeEngine, RealEngine, free_port, send
@@ -105,6 +106,56 @@ def test_greedy_generation_matches_the_in_process_model(engine):
         assert over_http.logprobs == pytest.approx(in_process.logprobs, abs=0.05)
         assert remote.count_tokens(prompt) == local.count_tokens(prompt)
     remote.close()
+
+
+def test_reward_scores_through_the_engine_match_the_in_process_ones(engine):
+    settings = Settings()
+    settings.engine.url, settings.engine.timeout = engine.url, 600  # its prompt log-probabilities are slow
+    remote = RemoteEngine(settings.engine)
+    remote.adopt_tokenizer(local_generator_path(settings))
+    on_engine, in_process = EngineScorer(remote), TargetScorer(LlamaModel(local_generator_path(settings), 1024, 1))
+    prompt, target = "def add(a, b):\n", "    return a + b\n"
+    (over_http,), (local,) = (scorer.score_all([prompt], target) for scorer in (on_engine, in_process))
+    assert len(over_http.logprobs) == len(local.logprobs)
+    assert over_http.mean == pytest.approx(local.mean, abs=0.05)
+    assert on_engine.facts()["generator"] == in_process.facts()["generator"]  # the same model, named alike
+    on_engine.close()
+    in_process.close()
+
+
+def _echo(text: str, tokens: list[str], logprobs: list) -> bytes:
+    """An answer with the prompt's log-probabilities, as OpenAI's completion format has them."""
+    offsets = [sum(len(token) for token in tokens[:i]) for i in range(len(tokens))]
+    return json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": {
+        "tokens": tokens, "text_offset": offsets, "token_logprobs": logprobs}}]}).encode()
+
+
+def test_engine_scores_take_the_target_tokens_and_a_token_across_its_start():
+    tokens = ["def", " f", "():", "\n", "   ", " return", " 1", "\n"]  # the last one generated
+    answer = _echo("".join(tokens), tokens, [None, -1.0, -1.0, -1.0, -2.0, -3.0, -4.0, -9.0])
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "application/json", answer))
+    settings = Settings()
+    settings.engine.url = fake.url
+    scorer = EngineScorer(RemoteEngine(settings.engine))
+    prompt, target = "def f():\n  ", "  return 1"  # "   " starts in the prompt and ends in the target
+    (scored,) = scorer.score_all([prompt], target)
+    assert scored.logprobs == [-2.0, -3.0, -4.0] and scored.prompt_tokens == 5
+    body = json.loads(fake.bodies[-1])
+    assert body["prompt"] == prompt + target and body["echo"] is True and body["stream"] is False
+    scorer.close()
+    fake.close()
+
+
+def test_an_engine_without_prompt_log_probabilities_is_a_clear_error():
+    answer = b'{"choices": [{"index": 0, "text": "def f():\\n    return 1", "finish_reason": "length"}]}'
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "application/json", answer))
+    settings = Settings()
+    settings.engine.url = fake.url
+    scorer = EngineScorer(RemoteEngine(settings.engine))
+    with pytest.raises(ModelUnavailable, match="gives no log-probabilities of the prompt"):
+        scorer.score_all(["def f():\n"], "    return 1")
+    scorer.close()
+    fake.close()
 
 
 def test_a_cancelled_completion_stops_the_engine(engine, tmp_path):

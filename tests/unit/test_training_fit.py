@@ -8,14 +8,14 @@ import torch
 
 from aligncoder_lsp.index.embeddings import QUERY_TOWER_FILE, Encoder, retriever_identity
 from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
-from aligncoder_lsp.training.fit import Example, FitSettings, _loss, examples, ranking_metrics, run_fit
+from aligncoder_lsp.training.fit import Example, FitSettings, _loss, examples, examples_of, ranking_metrics, run_fit
 from aligncoder_lsp.training.store import CANDIDATES, SCORES, Hole, Run, RunError, Shard
 
 
 def _example(rewards, lexical=None) -> Example:
     rewards = np.array(rewards, dtype=np.float32)
     lexical = np.zeros_like(rewards) if lexical is None else np.array(lexical, dtype=np.float32)
-    return Example("h", "train", "q", [f"t{i}" for i in range(len(rewards))], lexical, rewards, 0)
+    return Example("h", "r", "train", "q", [f"t{i}" for i in range(len(rewards))], lexical, rewards, 0)
 
 
 def test_the_training_loss_is_the_reported_kl_and_the_hard_loss_picks_the_best():
@@ -43,13 +43,13 @@ CLASSES = ["class Account:\n    pass", "class Ledger:\n    rows = []", "class In
 FUNCTIONS = ["def account(x):\n    return x", "def ledger(rows):\n    return rows", "def invoice(total):\n    return total"]
 
 
-def _run(tmp_path, holes: int = 24) -> Run:
+def _run(tmp_path, holes: int = 24, repo=lambda n: "r", name: str = "run") -> Run:
     """Holes whose rewards favour the class among each hole's candidates, whatever the query."""
-    run = Run(tmp_path / "run")
-    made = [Hole(f"r/m{n}.py@{n}", "r", f"m{n}.py", 1, 0, n, "x = 1", "line", False,
+    run = Run(tmp_path / name)
+    made = [Hole(f"{repo(n)}/m{n}.py@{n}", repo(n), f"m{n}.py", 1, 0, n, "x = 1", "line", False,
                  "held-out" if n % 4 == 0 else "train") for n in range(holes)]
     run.write_holes(made)
-    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"repositories": [], "generator": "g.gguf"}))
+    (tmp_path / name / "manifest.json").write_text(json.dumps({"repositories": [], "generator": "g.gguf"}))
     for n, hole in enumerate(made):
         texts = [FUNCTIONS[n % 3], CLASSES[n % 3], FUNCTIONS[(n + 1) % 3], CLASSES[(n + 2) % 3]]
         items = [{"id": f"bm25:{i}", "source": "bm25", "score": 10.0 - i, "text": text} for i, text in enumerate(texts)]
@@ -66,7 +66,7 @@ def test_fitting_learns_what_the_rewards_prefer_and_serves_as_a_query_tower(tmp_
     found = examples(run)
     assert len(found) == 24 and all(len(example.texts) == 4 for example in found)  # the stop item is left out
     out = tmp_path / "retriever"
-    report = run_fit(run, embedded_retriever(), out,
+    report = run_fit([run], embedded_retriever(), out,
                      FitSettings(epochs=3, batch_holes=6, learning_rate=2e-4, lexical_weight=0.0))
     best = report["passes"][report["best_pass"] - 1]["held_out"]
     assert best["kl"] < report["untrained"]["held_out"]["kl"]
@@ -80,6 +80,15 @@ def test_fitting_learns_what_the_rewards_prefer_and_serves_as_a_query_tower(tmp_
     query = ["value_99 = compute(99)"]
     assert not np.allclose(trained.encode(query, queries=True), base.encode(query, queries=True), atol=1e-3)
     assert retriever_identity(str(out), "float32", 256) == retriever_identity("", "float32", 256)
+
+
+def test_runs_fitted_together_hold_out_a_repository_held_out_in_any_of_them(tmp_path):
+    python = _run(tmp_path, 8, repo=lambda n: "held" if n % 4 == 0 else "lib", name="python")
+    java = _run(tmp_path, 8, repo=lambda n: "other" if n % 4 == 0 else "held", name="java")
+    joined = examples_of([python, java])
+    assert len(joined) == 16
+    assert {example.split for example in joined if example.repo == "held"} == {"held-out"}
+    assert {example.split for example in joined if example.repo == "lib"} == {"train"}
 
 
 def test_a_damaged_query_tower_is_a_clear_error(tmp_path):
@@ -98,4 +107,4 @@ def test_fitting_without_held_out_scores_says_what_to_run(tmp_path):
     run = _run(tmp_path, holes=3)  # hole 0 is the only held-out one
     (tmp_path / "run" / SCORES / Shard().file_name).write_text("")
     with pytest.raises(RunError, match="train score"):
-        run_fit(run, embedded_retriever(), tmp_path / "out", FitSettings())
+        run_fit([run], embedded_retriever(), tmp_path / "out", FitSettings())
