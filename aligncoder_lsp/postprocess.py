@@ -165,13 +165,16 @@ def finish(raw: str, cursor: Cursor, max_lines: int = 8, truncated: bool = False
     start = loop_start(raw, cursor.line_before)
     lines = _trim_leading(raw if start is None else raw[:start], cursor).split("\n")
     answer = lines[: _answer_length(lines, cursor, max_lines) or max_lines]
-    if truncated and start is None and len(answer) == len(lines) > 1:
+    word_cut = truncated and start is None and len(answer) == len(lines)  # the last line may end mid-word
+    if word_cut and len(answer) > 1:
         answer.pop()
+        word_cut = False
     while answer and not answer[-1].strip():
         answer.pop()
     answer = _drop_repeated_suffix(answer, cursor)
     text = "\n".join(answer).rstrip()
-    return _close_or_cut(_cut_unbalanced(text, cursor.open_brackets, cursor.line_after).rstrip(), cursor)
+    return _close_or_cut(_cut_unbalanced(text, cursor.open_brackets, cursor.line_after).rstrip(), cursor,
+                         closable=not word_cut)
 
 
 LOOP_CHARS = 24
@@ -250,20 +253,59 @@ def _cut_unbalanced(text: str, depth: int, line_after: str) -> str:
     return text
 
 
-def _close_or_cut(text: str, cursor: Cursor) -> str:
-    """``text`` cut back until nothing it opens is left open (unless the code after the
-    cursor closes it): from the line where the first such opening is, or, on the first line,
-    from the opening itself. Empty if the cut leaves no code."""
+def _close_or_cut(text: str, cursor: Cursor, closable: bool = True) -> str:
+    """``text`` with nothing it opens left open (unless the code after the cursor closes it).
+    Brackets it opened are closed after its last line when that line ends a complete item
+    (a line ending in an operator is dropped first); ``closable`` is False when the last line
+    may end inside a word (cut by the token limit). Otherwise (an open string or comment) it
+    is cut back: from the line where the first such opening is, or, on the first line, from
+    the opening itself. Empty if the cut leaves no code."""
     cut = text
     while True:
         left_open = unclosed(cursor.before, cut, cursor.after, cursor.language) or []
-        opened = [opening.offset - len(cursor.before) for opening in left_open
-                  if opening.offset >= len(cursor.before)]
+        opened = [opening for opening in left_open if opening.offset >= len(cursor.before)]
         if not opened:
             return cut if cut == text or re.search(r"\w", cut) else ""
-        first = min(opened)
+        if closable and all(opening.kind in OPENERS for opening in opened):
+            if _ends_item(cut[cut.rfind("\n") + 1:], cursor.language):
+                return _closed(cut, [opening.offset - len(cursor.before) for opening in opened], cursor)
+            if "\n" in cut:
+                cut = cut[: cut.rfind("\n")].rstrip()
+                continue
+        first = min(opening.offset for opening in opened) - len(cursor.before)
         line_start = cut.rfind("\n", 0, first) + 1
         cut = cut[:line_start or first].rstrip()
+
+
+_CONTINUED = {
+    "python": re.compile(r"(?:[-+*/%&|^~<>=!@.:\\]|\b(?:and|or|not|in|is|if|else|lambda|for|return|yield|await|"
+                         r"from|import|as|with|assert|raise|del))$"),
+    "java": re.compile(r"(?:[-+*/%&|^~<>=!?.:\\]|\b(?:new|return|throw|instanceof|extends|implements|case))$"),
+}
+"""Line ends that need more code after them: closing a bracket there would not parse."""
+
+
+def _ends_item(line: str, language: str) -> bool:
+    line = line.rstrip()
+    return bool(line.strip()) and not (language in _CONTINUED and _CONTINUED[language].search(line))
+
+
+def _closed(text: str, openers: list[int], cursor: Cursor) -> str:
+    """``text`` with the brackets at ``openers`` (offsets in ``text``, outermost first) closed:
+    on a line of their own at the indentation of the outermost one's line when it ends that
+    line (hanging style), else at the end of ``text``. A trailing comma stays only on a line
+    of its own in Python."""
+    closers = "".join(OPENERS[text[offset]] for offset in reversed(openers))
+    full = cursor.line_before + text
+    outer = openers[0] + len(cursor.line_before)
+    line_start = full.rfind("\n", 0, outer) + 1
+    line_end = full.find("\n", outer)
+    hanging = line_end != -1 and not full[outer + 1:line_end].strip(" \t" + "".join(OPENERS))
+    if hanging:
+        if cursor.language != "python":
+            text = text.rstrip(",")
+        return f"{text}\n{' ' * _indent(full[line_start:])}{closers}"
+    return text.rstrip(",") + closers
 
 
 def _net_depth(text: str) -> int:

@@ -117,7 +117,11 @@ def test_a_truncated_single_line_is_cut_where_it_is_balanced(line_before, raw, k
 
 
 @pytest.mark.parametrize("language, prefix, raw, suffix, kept", [
-    ("python", "x = ", "foo(a, b\n", "\n", "foo"),
+    ("python", "x = ", "foo(a, b\n", "\n", "foo(a, b)"),  # closed after a complete item
+    ("python", "x = ", "foo(a +\n", "\n", "foo"),  # not after an operator
+    ("python", "    ", "status = train(\n        data=loader,\n        steps=\n", "\n",
+     "status = train(\n        data=loader,\n    )"),  # the line ending in an operator is dropped first
+    ("python", "", "d = DatasetDict({\n    'a': a,\n    'b': b,\n", "\n", "d = DatasetDict({\n    'a': a,\n    'b': b,\n})"),
     ("python", "x = ", "foo(a, b", ")\n", "foo(a, b"),  # the rest of the line closes it
     ("python", "x = f(", "a, b\n", "\n", "a, b"),  # opened before the cursor
     ("python", 'x = "hel', 'lo"\n', "\n", 'lo"'),  # closes the string the prefix opened
@@ -129,9 +133,12 @@ def test_a_truncated_single_line_is_cut_where_it_is_balanced(line_before, raw, k
     ("python", "", "a = 1\nb = [1,\n", "\n", "a = 1"),
     ("java", "char c = ", "'\"';\n", "\n", "'\"';"),
     ("java", "String s = ", '"a(b";\n', "\n", '"a(b";'),
-    ("java", "int x = ", "/* it's */ f(\n", "\n", "/* it's */ f"),
+    ("java", "int x = ", "/* it's */ f(\n", "\n", "/* it's */ f()"),
+    ("java", "int x = ", "f(a,\n        b,\n", "\n", "f(a,\n        b)"),
     ("java", "int x = ", "f(\"it's\"", ");\n", "f(\"it's\""),
-    ("java", "    ", "if (x) {\n        return 1;\n", "\n", "if (x)"),
+    ("java", "    ", "if (x) {\n        return 1;\n", "\n", "if (x) {\n        return 1;\n    }"),
+    ("java", "    ", "run(new Task() {\n", "\n", "run(new Task() {})"),
+    ("python", "    ", "x = [\n        1,\n", "\n", "x = [\n        1,\n    ]"),
     ("java", "    ", "int a = 1;\n    String s = \"abc\n", "\n", "int a = 1;"),
 ])
 def test_nothing_the_suggestion_opens_is_left_open(language, prefix, raw, suffix, kept):
