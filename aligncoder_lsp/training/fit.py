@@ -95,7 +95,7 @@ def examples_of(runs: list[Run]) -> list[Example]:
     """The scored holes of several runs (e.g. one per language); a repository held out in any
     of them is held out in all, so no held-out code is trained on."""
     per_run = [examples(run) for run in runs]
-    held_out = [{example.repo for example in found if example.split != "train"} for found in per_run]
+    held_out = [{hole.repo for hole in run.holes() if hole.split != "train"} for run in runs]
     joined = []
     for position, found in enumerate(per_run):
         elsewhere = set().union(*(repos for other, repos in enumerate(held_out) if other != position))
