@@ -33,6 +33,13 @@ def enhanced_query(query: str, drafts: list[str] = ()) -> str:
     return "\n".join(parts)
 
 
+def serving_scores(documents, query, lexical, weight: float):
+    """The re-ranking score: cosine of the (normalised) snippet and query vectors plus
+    ``weight`` times the coarse scores scaled to [0, 1]; numpy arrays or torch tensors
+    (training computes the same score with gradients)."""
+    return documents @ query + weight * lexical
+
+
 def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str, candidates: list[Snippet],
               lexical: list[float] | None = None, weight: float = 0.0,
               cancel: threading.Event | None = None) -> list[tuple[Snippet, float]]:
@@ -46,8 +53,7 @@ def fine_rank(encoder: TextEncoder, index: WorkspaceIndex, query: str, candidate
     if missing:
         for i, vector in zip(missing, encoder.encode([candidates[i].text for i in missing], cancel=cancel)):
             vectors[i] = vector
-    scores = np.stack(vectors) @ encoder.encode([query], cancel=cancel, queries=True)[0]
-    if lexical is not None and weight and max(lexical) > 0:
-        scores = scores + weight * np.asarray(lexical) / max(lexical)
+    scaled = np.asarray(lexical) / max(lexical) if lexical is not None and max(lexical) > 0 else 0.0
+    scores = serving_scores(np.stack(vectors), encoder.encode([query], cancel=cancel, queries=True)[0], scaled, weight)
     order = np.argsort(-scores, kind="stable")
     return [(candidates[i], float(scores[i])) for i in order]

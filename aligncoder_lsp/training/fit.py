@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aligncoder_lsp.retrieval.fine import serving_scores
 from aligncoder_lsp.training.headroom import STOP
 from aligncoder_lsp.training.store import CANDIDATES, SCORES, Run, RunError, format_duration
 
@@ -166,7 +167,7 @@ class QueryTower:
         for row, example in enumerate(batch):
             documents = torch.from_numpy(self.document_vectors(example.texts))
             lexical = torch.from_numpy(example.lexical)
-            result.append(documents @ queries[row] + settings.lexical_weight * lexical)
+            result.append(serving_scores(documents, queries[row], lexical, settings.lexical_weight))
         return result
 
 

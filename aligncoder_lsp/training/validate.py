@@ -19,6 +19,7 @@ from aligncoder_lsp.config import Settings
 from aligncoder_lsp.index.embeddings import Encoder
 from aligncoder_lsp.models.llama_backend import LlamaModel, TargetScorer
 from aligncoder_lsp.models.prompts import COMMENT, ContextPiece, code_window, fit_context, render_context
+from aligncoder_lsp.retrieval.fine import serving_scores
 from aligncoder_lsp.training.corpus import Repository, files_with_holes, index_settings
 from aligncoder_lsp.training.fit import Example, FitSettings, examples, ranking_metrics
 from aligncoder_lsp.training.headroom import STOP, mean_with_interval
@@ -49,8 +50,8 @@ def context_of(order: list[int], pieces: list[ContextPiece], settings: Settings,
 
 def dense_scores(encoder: Encoder, example: Example, lexical_weight: float) -> np.ndarray:
     """The serving score of each candidate (cosine plus the BM25 blend)."""
-    query = encoder.encode([example.query], queries=True)[0]
-    return encoder.encode(example.texts) @ query + lexical_weight * example.lexical
+    return serving_scores(encoder.encode(example.texts), encoder.encode([example.query], queries=True)[0],
+                          example.lexical, lexical_weight)
 
 
 def run_validate(run: Run, repositories: dict[str, Repository], settings: Settings, model: LlamaModel,
