@@ -168,10 +168,12 @@ class Encoder:
 _worker_encoder: Encoder | None = None
 
 
-def _start_worker(folder: str, precision: str, max_seq_length: int, threads: int) -> None:
+def _start_worker(parent: int, folder: str, precision: str, max_seq_length: int, threads: int) -> None:
+    """``parent``: the server's pid, passed along (a server that died while the worker started
+    has already left the worker to another parent)."""
     global _worker_encoder
     os.nice(10)  # completions in the server process come first
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="parent-watch", daemon=True).start()
     _worker_encoder = Encoder(folder, precision, max_seq_length, threads)
 
 
@@ -203,7 +205,7 @@ class EncoderProcess:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"),
-                                                 initializer=_start_worker, initargs=self._arguments)
+                                                 initializer=_start_worker, initargs=(os.getpid(), *self._arguments))
             return self._pool
 
     def encode(self, texts: list[str], cancel: threading.Event | None = None, queries: bool = False) -> np.ndarray:

@@ -128,3 +128,14 @@ def test_the_retriever_process_ends_when_its_server_is_killed():
     while not _gone(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(worker)
+
+
+def test_a_worker_whose_server_died_before_it_started_ends():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a server pid that no longer exists: the worker was left to another parent
+    started = time.monotonic()
+    worker = subprocess.run([sys.executable, "-c", "import sys, time\n"
+                             "from aligncoder_lsp.index.embeddings import _start_worker\n"
+                             f"_start_worker({gone.pid}, '', 'float32', 256, 1)\n"
+                             "time.sleep(60)\nsys.exit(3)"], timeout=90)
+    assert worker.returncode == 0 and time.monotonic() - started < 30
