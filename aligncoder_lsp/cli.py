@@ -474,6 +474,14 @@ def _git_root(path: Path) -> Path | None:
     return None
 
 
+def _free_cores_now() -> int:
+    from aligncoder_lsp.models.cores import SAMPLE_SECONDS, CoreMeter
+
+    meter = CoreMeter()
+    time.sleep(SAMPLE_SECONDS * 1.5)
+    return meter.threads()
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from aligncoder_lsp.models.embedded import ModelUnavailable, embedded_retriever
 
@@ -507,7 +515,8 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"  UNAVAILABLE: {error}")
             ok = False
     print("hardware:")
-    print(f"  cpu cores  {len(os.sched_getaffinity(0))} usable, llama.cpp threads {settings.threads()}")
+    threads = settings.model.n_threads or f"auto (the free cores at each prompt; {_free_cores_now()} now)"
+    print(f"  cpu cores  {len(os.sched_getaffinity(0))} usable, llama.cpp threads {threads}")
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     print(f"  memory     {pages / 2**30:.1f} GiB")
     try:
@@ -535,7 +544,7 @@ def _check_generator(settings: Settings) -> str:
     path = Path(model).expanduser() if model else embedded_generator(settings.resolved_cache_dir())
     layout = inspect_gguf(path)
     checked = time.perf_counter() - started
-    loaded = LlamaModel(path, 256, settings.threads(), settings.model.n_gpu_layers)
+    loaded = LlamaModel(path, 256, settings.model.n_threads, settings.model.n_gpu_layers)
     return (f"{path} ({layout.file_bytes / 2**20:.0f} MiB, GGUF v{layout.version}, {layout.tensors} tensors; "
             f"checked in {checked:.2f} s, loaded by llama.cpp in {loaded.load_seconds:.2f} s)")
 

@@ -106,7 +106,7 @@ class ModelSettings:
     n_ctx: int = _integer(4096, 512, MAX_CONTEXT, applies=Applies.MODEL)
     """Context window in tokens (of the generator and of the sampler)."""
     n_threads: int = _integer(0, 0, 256, applies=Applies.MODEL)
-    """CPU threads for llama.cpp; 0 means all available cores."""
+    """CPU threads for llama.cpp; 0: at each prompt, the cores other processes leave free (all when idle)."""
     n_gpu_layers: int = _integer(0, -1, 1000, applies=Applies.MODEL)
     """Layers offloaded to the GPU (needs a GPU build of llama-cpp-python); -1 means all."""
     max_tokens: int = _integer(64, 1, 1024)
@@ -247,10 +247,6 @@ class Settings:
             return Path(self.cache_dir).expanduser()
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "aligncoder-lsp"
-
-    def threads(self) -> int:
-        return self.model.n_threads or max(1, len(os.sched_getaffinity(0)))
-
 
 @attrs.frozen
 class Rule:

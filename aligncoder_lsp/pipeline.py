@@ -115,7 +115,7 @@ class Completion:
 def load_generator(settings: Settings) -> LlamaModel:
     """The configured generator (the embedded Gemma-3-270M unless a GGUF is given)."""
     model = settings.model
-    return LlamaModel(local_generator_path(settings), model.n_ctx, settings.threads(), model.n_gpu_layers)
+    return LlamaModel(local_generator_path(settings), model.n_ctx, model.n_threads, model.n_gpu_layers)
 
 
 def load_backend(settings: Settings) -> Backend:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aligncoder_lsp.models.cores import CoreMeter, usable_cores
 from aligncoder_lsp.models.embedded import ModelUnavailable
 from aligncoder_lsp.models.llama_logs import route_llama_logs
 
@@ -146,17 +147,20 @@ def gguf_token_counter(path: Path) -> Callable[[str], int]:
 
 class LlamaModel:
     def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0):
+        """``n_threads`` 0: as many as other processes leave cores free, at every prompt."""
         import llama_cpp
 
         route_llama_logs()
         started = time.perf_counter()
+        self.meter = CoreMeter() if n_threads == 0 else None
+        self.threads = n_threads or usable_cores()
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_batch=512,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
             )
@@ -300,10 +304,19 @@ class LlamaModel:
 
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.vocabulary,))
 
+    def fit_threads(self, context) -> None:
+        """Give llama.cpp ``context`` the free cores (with ``n_threads`` 0; a fixed count stays)."""
+        import llama_cpp
+
+        if self.meter is not None:
+            self.threads = self.meter.threads()
+        llama_cpp.llama_set_n_threads(context, self.threads, self.threads)
+
     def _evaluate_prompt(self, tokens: list[int], cancel: threading.Event) -> int:
         """Bring the KV cache to ``tokens``, reusing the longest common prefix; returns the
         number of reused tokens."""
         llm = self.llm
+        self.fit_threads(llm.ctx)
         common = _reusable_prefix(llm.input_ids[: llm.n_tokens], tokens)
         llm.n_tokens = common
         for start in range(common, len(tokens), PROMPT_CHUNK):
@@ -339,7 +352,7 @@ class LlamaContext:
         params.n_batch = params.n_ubatch = max(512, self.batch_tokens)
         params.n_seq_max = sequences
         params.kv_unified = True  # sequences share the prompt's cells
-        params.n_threads = params.n_threads_batch = model.llm.context_params.n_threads
+        params.n_threads = params.n_threads_batch = model.threads
         self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
         if self._ctx is None:
             raise ModelUnavailable("llama.cpp could not create a context")
@@ -381,6 +394,7 @@ class LlamaContext:
         ``logits_from`` on (default: the last one) get logits, handed to ``on_logits`` as
         they are decoded. Returns the number of reused tokens."""
         logits_from = len(tokens) - 1 if logits_from is None else logits_from
+        self.model.fit_threads(self._ctx)
         common = min(_reusable_prefix(self.cached, tokens), logits_from)
         self._llama_cpp.llama_memory_seq_rm(self.memory, -1, common, -1)
         self.cached = tokens[:common]
