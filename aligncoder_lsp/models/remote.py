@@ -52,6 +52,10 @@ class EngineUnavailable(ModelUnavailable):
     The message names the engine and the kind of problem only, so repeats read the same."""
 
 
+class EngineDown(EngineUnavailable):
+    """Not reachable, busy after every retry, or too slow: asking again otherwise would not help."""
+
+
 class _Retry(Exception):
     """A failure worth another attempt (the engine refused the connection or is busy)."""
 
@@ -161,8 +165,8 @@ class RemoteEngine:
             return self._wait(self._complete(body, 1, should_stop), cancel)
         try:
             stream = self._wait(self._complete({**body, "logprobs": 1}, 1, should_stop), cancel)
-        except EngineUnavailable:
-            if self._logprobs_work:
+        except EngineUnavailable as error:
+            if self._logprobs_work or isinstance(error, EngineDown):
                 raise
             stream = self._wait(self._complete(body, 1, should_stop), cancel)
             logger.info("%s gives no log-probabilities: the selective policy sees none", self.name)
@@ -265,7 +269,7 @@ class RemoteEngine:
                     return await asyncio.wait_for(request(), settings.timeout)
             except _Retry as problem:
                 if attempt == settings.retries:
-                    raise self._problem(str(problem)) from None
+                    raise self._problem(str(problem), EngineDown) from None
                 logger.info("%s %s; trying again (%d of %d)", self.name, problem, attempt + 1, settings.retries)
                 await asyncio.sleep(BACKOFF_SECONDS * 2 ** attempt)
             except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -309,11 +313,11 @@ class RemoteEngine:
         await self._check(response)
         return _parse(response.content, self.url)
 
-    def _problem(self, what: str) -> EngineUnavailable:
-        return EngineUnavailable(f"the inference engine at {self.url} {what}")
+    def _problem(self, what: str, kind: type[EngineUnavailable] = EngineUnavailable) -> EngineUnavailable:
+        return kind(f"the inference engine at {self.url} {what}")
 
     def _timed_out(self) -> EngineUnavailable:
-        return self._problem(f"did not answer within engine.timeout ({self.settings.timeout:g} s)")
+        return self._problem(f"did not answer within engine.timeout ({self.settings.timeout:g} s)", EngineDown)
 
     async def _check(self, response: httpx.Response) -> None:
         if response.status_code == 200:
@@ -353,7 +357,7 @@ class RemoteEngine:
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise self._timed_out() from None
         except httpx.TransportError as error:
-            raise self._problem(f"is not reachable ({type(error).__name__})") from None
+            raise self._problem(f"is not reachable ({type(error).__name__})", EngineDown) from None
         await self._check(response)
         try:
             return [str(model["id"]) for model in response.json()["data"]]

@@ -71,6 +71,16 @@ def test_a_busy_engine_is_asked_again():
     fake.close()
 
 
+def test_a_busy_engine_is_not_asked_again_without_logprobs():
+    fake = FakeEngine(lambda handler, count: send(handler, 503, "text/plain", b"busy"))
+    engine = _engine(fake.url)
+    with pytest.raises(EngineUnavailable, match="is busy"):
+        engine.generate("", 8, threading.Event())
+    assert fake.requests == 1  # retries 0: one request, not a second one without log-probabilities
+    engine.close()
+    fake.close()
+
+
 def test_an_engine_that_is_down_is_one_clear_error():
     engine = _engine(f"http://127.0.0.1:{free_port()}", retries=1)
     with pytest.raises(EngineUnavailable, match="is not reachable"):
