@@ -43,6 +43,8 @@ CANCEL_POLL_SECONDS = 0.01
 """How often the model thread looks at the cancel event while the engine works."""
 BACKOFF_SECONDS = 0.25
 """First wait before a retry; doubled at each further one."""
+PROBE_SECONDS = 1.0
+"""How often an engine found down is asked whether it is back (with ``engine.fallback``)."""
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 """Answers of a busy or restarting engine, worth another attempt."""
 
@@ -414,12 +416,21 @@ class EngineScorer:
 
 
 class EngineWithFallback:
-    """The engine, and the in-process model while the engine is unavailable (``engine.fallback``)."""
+    """The engine, and the in-process model while the engine is unavailable (``engine.fallback``).
+
+    An engine found down (not reachable, busy after the retries, too slow) is not asked again
+    per request, which would make every completion wait for it: the in-process model answers
+    at once while a background probe asks the engine for its model list every
+    :data:`PROBE_SECONDS`; the first answer brings the engine back."""
 
     def __init__(self, engine: RemoteEngine, local: Callable[[], Backend]):
         self.engine = engine
         self._load_local = local
         self._local: Backend | None = None
+        self._down: str = ""
+        """Why the engine is down (empty while it is up)."""
+        self._down_lock = threading.Lock()
+        self._closed = threading.Event()
         self.name, self.model_name, self.fim = engine.name, engine.model_name, engine.fim
         self.token_counting = engine.token_counting
 
@@ -434,26 +445,51 @@ class EngineWithFallback:
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
                  heal: bool = False) -> Generation:
-        try:
-            return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
-        except EngineUnavailable as error:
-            if not self.engine.settings.fallback:
-                raise
-            generation = self.local().generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
-            generation.backend, generation.fallback = self.local().name, str(error)
-            return generation
+        reason = self._down if self.engine.settings.fallback else ""
+        if not reason:
+            try:
+                return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
+            except EngineUnavailable as error:
+                if not self.engine.settings.fallback:
+                    raise
+                reason = self._went_down(error)
+        generation = self.local().generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
+        generation.backend, generation.fallback = self.local().name, reason
+        return generation
 
     def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
                should_stop: Callable[[str], bool] = lambda _: False,
                temperature: float = 0.8, top_p: float = 0.95) -> Drafts:
-        try:
-            return self.engine.drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
-        except EngineUnavailable:
-            if not self.engine.settings.fallback:
-                raise
-            return self.local().drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
+        if not (self._down and self.engine.settings.fallback):
+            try:
+                return self.engine.drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
+            except EngineUnavailable as error:
+                if not self.engine.settings.fallback:
+                    raise
+                self._went_down(error)
+        return self.local().drafts(prompt, k, max_tokens, cancel, should_stop, temperature, top_p)
+
+    def _went_down(self, error: EngineUnavailable) -> str:
+        """Note why; an engine that is down (rather than refusing one request) is probed."""
+        if isinstance(error, EngineDown):
+            with self._down_lock:
+                if not self._down:
+                    threading.Thread(target=self._probe, name="engine-probe", daemon=True).start()
+                self._down = str(error)
+        return str(error)
+
+    def _probe(self) -> None:
+        while not self._closed.wait(PROBE_SECONDS):
+            try:
+                self.engine.models(self._closed)
+            except (EngineUnavailable, Cancelled):
+                continue
+            with self._down_lock:
+                self._down = ""
+            return
 
     def close(self) -> None:
+        self._closed.set()
         self.engine.close()
         if self._local is not None:
             self._local.close()

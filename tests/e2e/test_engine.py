@@ -208,8 +208,12 @@ def test_engine_down_then_fallback_then_back(engine, tmp_path):
         assert "completing with the in-process model meanwhile" in warnings[0]["message"]
     finally:
         engine.start()
-    again, trace = _complete(peer, SHORT)
-    assert trace["backend"] == f"engine {engine.url}" and again == answer
+    deadline = time.monotonic() + 30  # the in-process model answers until a probe finds the engine back
+    while (result := _complete(peer, SHORT))[1]["backend"] != f"engine {engine.url}":
+        assert time.monotonic() < deadline, result
+        time.sleep(0.5)
+    again, trace = result
+    assert again == answer
     peer.close()
     assert b"answers again" in b"".join(peer.stderr_lines)
 

@@ -230,3 +230,23 @@ def test_fallback_to_the_local_model_only_when_asked():
     assert (generation.text, generation.backend) == ("local()", "llama.cpp in-process")
     assert "is not reachable" in generation.fallback
     backend.close()
+
+
+def test_an_engine_found_down_is_probed_instead_of_asked_per_request():
+    healthy = threading.Event()
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream", events("remote"))
+                      if healthy.is_set() else send(handler, 503, "text/plain", b"busy"))
+    backend = EngineWithFallback(_engine(fake.url, fallback=True), _Local)
+    first = backend.generate("", 8, threading.Event())
+    assert first.text == "local()" and "is busy" in first.fallback
+    asked = fake.requests
+    second = backend.generate("", 8, threading.Event())
+    assert second.text == "local()" and "is busy" in second.fallback
+    assert fake.requests == asked  # answered at once, without waiting for the engine
+    healthy.set()
+    deadline = time.monotonic() + 10
+    while backend.generate("", 8, threading.Event()).text != "remote":
+        assert time.monotonic() < deadline, "the engine did not come back"
+        time.sleep(0.1)
+    backend.close()
+    fake.close()
