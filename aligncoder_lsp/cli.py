@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                         "embedded Gemma-3-270M)")
     common.add_argument("--engine", metavar="URL", help="generate on the OpenAI-compatible inference engine at URL "
                         "(default: $ALIGNCODER_LSP_ENGINE or in-process)")
-    common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
+    common.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: the cores other processes leave free, at each prompt)")
     common.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
     common.add_argument("--cache-dir", help="cache directory (default: $ALIGNCODER_LSP_CACHE or "
                         "~/.cache/aligncoder-lsp)")
