@@ -515,8 +515,10 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"  UNAVAILABLE: {error}")
             ok = False
     print("hardware:")
+    from aligncoder_lsp.models.cores import usable_cores
+
     threads = settings.model.n_threads or f"auto (the free cores at each prompt; {_free_cores_now()} now)"
-    print(f"  cpu cores  {len(os.sched_getaffinity(0))} usable, llama.cpp threads {threads}")
+    print(f"  cpu cores  {usable_cores()} usable, llama.cpp threads {threads}")
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     print(f"  memory     {pages / 2**30:.1f} GiB")
     try:

@@ -3,7 +3,7 @@
 llama.cpp's threads wait for each other at every layer: with one thread per core and one of
 the cores busy with anything else (another llama.cpp, a build, the retriever's worker), the
 prompt is evaluated many times slower than on one thread (2 cores: 1.9× faster with two
-threads when idle, 13× slower with another llama.cpp process busy). So with
+threads when idle, 13–16× slower with another llama.cpp process busy). So with
 ``model.nThreads = 0`` each prompt gets as many threads as there are cores others left free,
 measured over the last half second from ``/proc/stat`` less this process's own CPU time.
 """
