@@ -2,8 +2,8 @@
 # Install aligncoder-lsp into ./.venv (offline-capable: package registries only, no model hub).
 #
 #   ./setup.sh          the server, its dependencies and the embedded models
-#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim, Emacs + eglot) and the
-#                       benchmark extra (matplotlib, tqdm: eval, calibrate)
+#   ./setup.sh --test   the same plus the test tools (pytest, pytest-lsp, Neovim, Emacs + eglot, llama.cpp's
+#                       llama-server built from the same source) and the benchmark extra (matplotlib, tqdm)
 #
 # llama-cpp-python has no Linux wheel on PyPI and takes minutes to compile; the wheel built
 # here is kept in ~/.cache/aligncoder-lsp/wheels/<build flags>/ and reused by later installs.
@@ -55,6 +55,29 @@ extras=""
 [[ $WITH_TESTS == 1 ]] && extras="[test,bench]"
 log "installing aligncoder-lsp$extras"
 "${PIP[@]}" install -q --find-links "$WHEELS" --only-binary llama-cpp-python -e ".$extras"
+
+if [[ $WITH_TESTS == 1 ]]; then
+    # llama.cpp's own server, from the same llama.cpp source as the wheel, for the engine tests
+    SERVER=$(dirname "$WHEELS")/../llama-server/$build_key/llama-server
+    if [[ ! -x "$SERVER" ]]; then
+        log "building llama.cpp's llama-server from the llama-cpp-python $LLAMA_VERSION source once (several minutes)"
+        work=$(mktemp -d)
+        "${PIP[@]}" download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$work"
+        tar xzf "$work"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$work"
+        command -v cmake >/dev/null || { "${PIP[@]}" install -q cmake; PATH="$VENV/bin:$PATH"; }
+        # shellcheck disable=SC2086  # CMAKE_ARGS holds several flags
+        cmake -S "$work/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+            $CMAKE_ARGS -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+            -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \
+            -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >"$work/cmake.log"
+        cmake --build "$work/build" --target llama-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" >"$work/build.log"
+        mkdir -p "$(dirname "$SERVER")" && cp "$work/build/bin/llama-server" "$SERVER.partial" && mv "$SERVER.partial" "$SERVER"
+        rm -rf "$work"
+    else
+        log "reusing the cached llama-server in $(dirname "$SERVER")"
+    fi
+    cp "$SERVER" "$VENV/bin/llama-server"
+fi
 
 editors=()
 if [[ $WITH_TESTS == 1 ]]; then

@@ -163,7 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--repos", type=Path, required=True, help="folder of repositories or REPO.tar.gz files")
     server.add_argument("--repo", required=True, help="repository name, e.g. huggingface_evaluate")
     server.add_argument("--requests", type=int, default=25, help="completion requests to time")
+    server.add_argument("--sessions", type=int, default=1, choices=range(1, 33), metavar="N",
+                        help="editors at once, each a server of its own (sharing --engine), the requests shared out")
     server.set_defaults(run=_bench_server)
+    cancel = benches.add_parser("cancel", parents=[common],
+                                help="how soon a llama.cpp engine stops generating after the editor cancels")
+    cancel.add_argument("--trials", type=int, default=20, choices=range(1, 1001), metavar="N")
+    cancel.set_defaults(run=_bench_cancel)
     index_bench = benches.add_parser("index", parents=[common], help="index build, re-index and embedding figures")
     index_bench.add_argument("path", type=Path, help="a repository folder (copied; the original is not touched)")
     index_bench.add_argument("--samples", type=int, default=40, help="saved files timed until visible")
@@ -455,6 +461,12 @@ def _bench_server(args: argparse.Namespace) -> int:
     return server_bench.main(args)
 
 
+def _bench_cancel(args: argparse.Namespace) -> int:
+    from aligncoder_lsp.evaluation import server_bench
+
+    return server_bench.main_cancel(args)
+
+
 def _bench_index(args: argparse.Namespace) -> int:
     from aligncoder_lsp.evaluation import index_bench
 
@@ -569,6 +581,8 @@ def _check_engine(settings: Settings) -> list[str]:
     return [f"url        {engine.url} (reachable, model list in {listed:.0f} ms)",
             f"models     {', '.join(models) or 'none listed'}; asking for {settings.engine.model or 'its default'}",
             f"tokens     {engine.token_counting}",
+            f"kind       {'llama.cpp server (prompt cache kept)' if engine.llama_cpp else 'OpenAI-compatible'}; "
+            f"{f'fill-in-the-middle: {engine.fim.family}' if engine.fim else 'left to right'}",
             f"completion {generation.generated_tokens} tokens in {completed:.0f} ms "
             f"(first after {generation.prompt_ms:.0f} ms): {generation.text!r}"]
 

@@ -33,6 +33,9 @@ from attrs.validators import deep_iterable, ge, gt, in_, instance_of, le, not_
 logger = logging.getLogger(__name__)
 
 MODES = ("none", "bm25", "aligncoder", "aligncoder-no-enhance", "selective")
+FIM_FAMILIES = ("qwen-coder", "codegemma", "starcoder", "deepseek-coder", "codellama")
+"""Models whose fill-in-the-middle tokens an engine prompt can be written with."""
+ENGINE_FIM = ("auto", "none", *FIM_FAMILIES)
 
 MAX_CONTEXT = 131_072
 """The largest context window (tokens) accepted; also bounds every token budget."""
@@ -229,6 +232,8 @@ class EngineSettings:
     """Generate in-process while the engine is unavailable."""
     stop: list[str] = _setting([], [deep_iterable(instance_of(str), instance_of(list))], "list of strings")
     """Stop sequences sent with every request (the engine stops at the model's end of text by itself)."""
+    fim: str = _choice("auto", ENGINE_FIM, Applies.MODEL)
+    """Fill-in-the-middle: auto (llama.cpp's /infill if the model has FIM tokens), none, or the model's family."""
 
 
 @attrs.define

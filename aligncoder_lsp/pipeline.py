@@ -139,11 +139,12 @@ def load_scorer(settings: Settings) -> Scorer:
 
 
 def connect_engine(settings: Settings) -> RemoteEngine:
-    """The engine at ``engine.url``, counting prompt tokens with the local generator's
-    tokenizer when the engine serves the same model."""
+    """The engine at ``engine.url``, asked what it is (llama.cpp's server, FIM), counting
+    prompt tokens with the local generator's tokenizer when the engine serves the same model."""
     from aligncoder_lsp.models.remote import RemoteEngine
 
     engine = RemoteEngine(settings.engine)
+    engine.detect()
     try:
         engine.adopt_tokenizer(local_generator_path(settings))
     except ModelUnavailable as error:
@@ -234,7 +235,7 @@ class CompletionEngine:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
         job = self._start(request, mode)
         if mode == "selective":
-            first = self._generate(job, job.code, cancel)
+            first = self._generate(job, "", cancel)
             policy = self.policy()
             probability = policy.probability(selective_features(first, job.prefix, job.request.path, self.index))
             job.trace.retrieve_probability = round(probability, 3)
@@ -249,13 +250,13 @@ class CompletionEngine:
             job.trace.retrieved = bool(job.trace.snippets)
         if cancel.is_set():
             raise Cancelled()
-        return self._finish(job, self._generate(job, context + job.code, cancel))
+        return self._finish(job, self._generate(job, context, cancel))
 
     def attempt(self, request: CompletionRequest, cancel: threading.Event) -> tuple[Completion, Generation]:
         """A completion without repository context, with the raw generation (for the
         selective policy's features)."""
         job = self._start(request, "none")
-        generation = self._generate(job, job.code, cancel)
+        generation = self._generate(job, "", cancel)
         return self._finish(job, generation), generation
 
     def _start(self, request: CompletionRequest, mode: str) -> _Job:
@@ -279,11 +280,12 @@ class CompletionEngine:
         clock.lap("prompt")
         return _Job(request, model, prefix, cursor, earlier.block + code, after, trace, clock)
 
-    def _generate(self, job: _Job, prompt: str, cancel: threading.Event) -> Generation:
+    def _generate(self, job: _Job, context: str, cancel: threading.Event) -> Generation:
+        """The answer to the prompt ``context`` (repository context, possibly none) + the code."""
         max_lines = self.settings.completion.max_lines
-        generation = job.model.generate(prompt, self.settings.model.max_tokens, cancel,
+        generation = job.model.generate(context + job.code, self.settings.model.max_tokens, cancel,
                                         should_stop=lambda text: is_complete(text, job.cursor, max_lines),
-                                        suffix=job.suffix, heal=job.cursor.in_word)
+                                        suffix=job.suffix, heal=job.cursor.in_word, context=context)
         timings = job.trace.timings_ms
         timings["prompt_eval"] = round(timings.get("prompt_eval", 0) + generation.prompt_ms, 1)
         timings["decode"] = round(timings.get("decode", 0) + generation.generate_ms, 1)

@@ -1,5 +1,6 @@
-"""Inference engines for tests: llama-cpp-python's own OpenAI-compatible server serving the
-embedded model (a real engine), and a tiny HTTP server that answers as a broken engine would."""
+"""Inference engines for tests: llama-cpp-python's own OpenAI-compatible server and llama.cpp's
+``llama-server``, each serving the embedded model (real engines), and a tiny HTTP server that
+answers as a broken engine would."""
 
 from __future__ import annotations
 
@@ -25,23 +26,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class RealEngine:
-    """``python -m llama_cpp.server`` on 127.0.0.1 with one thread; stop and start it again
-    on the same port to play an engine that goes down and comes back."""
+LLAMA_SERVER = Path(sys.executable).parent / "llama-server"
+"""llama.cpp's own server, built by ``./setup.sh --test`` from llama-cpp-python's source."""
+FIM_OVERRIDE = "tokenizer.ggml.fim_pre_token_id=int:6,tokenizer.ggml.fim_suf_token_id=int:7," \
+               "tokenizer.ggml.fim_mid_token_id=int:8"
+"""Gemma-3's ``<unused0..2>`` tokens declared its FIM tokens: the embedded model then takes
+``/infill`` requests (its answers to them are not meant to be good)."""
 
-    def __init__(self, log: Path):
+
+class RealEngine:
+    """A real engine on 127.0.0.1 with one thread serving the embedded model: by default
+    ``python -m llama_cpp.server``; ``llama_cpp=True``: llama.cpp's ``llama-server`` (with
+    ``fim=True``, taking ``/infill`` requests). Stop and start it again on the same port to play
+    an engine that goes down and comes back."""
+
+    def __init__(self, log: Path, llama_cpp: bool = False, fim: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.process: subprocess.Popen | None = None
+        self.llama_cpp, self.fim = llama_cpp, fim
+
+    def command(self) -> list[str]:
+        model, port = str(embedded_generator(Settings().resolved_cache_dir())), str(self.port)
+        if not self.llama_cpp:
+            return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
+                    "--port", port, "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"]
+        fim = ["--override-kv", FIM_OVERRIDE] if self.fim else []
+        # --swa-full: Gemma-3's sliding-window layers keep the whole prompt, so it can be reused
+        return [str(LLAMA_SERVER), "--model", model, "--host", "127.0.0.1", "--port", port, "--threads", "1",
+                "--ctx-size", "4096", "--parallel", "1", "--swa-full", *fim]
 
     def start(self, timeout: float = 120) -> None:
-        model = embedded_generator(Settings().resolved_cache_dir())
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"],
-                stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
             assert self.process.poll() is None, f"the engine exited: {self.log()[-2000:]}"
@@ -64,20 +82,26 @@ class RealEngine:
 
 class FakeEngine:
     """An HTTP server in a thread whose every ``POST`` is answered by ``reply(handler, count)``
-    (``count``: the requests so far; ``handler.rfile_body``: the request's body);
-    ``GET /v1/models`` lists one model."""
+    (``count``: the requests so far; ``handler.rfile_body``: the request's body; ``engine.paths``:
+    the paths asked); ``GET /v1/models`` lists one model, ``GET /props`` answers ``props`` (a
+    llama.cpp server's) where given."""
 
-    def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None]):
+    def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None], props: dict | None = None):
         self.requests = 0
         self.bodies: list[bytes] = []
+        self.paths: list[str] = []
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path == "/props" and props is not None:
+                    send(self, 200, "application/json", json.dumps(props).encode())
+                    return
                 send(self, 200, "application/json", b'{"object": "list", "data": [{"id": "fake"}]}')
 
             def do_POST(self):
                 self.rfile_body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                engine.paths.append(self.path)
                 engine.bodies.append(self.rfile_body)
                 engine.requests += 1
                 reply(self, engine.requests)

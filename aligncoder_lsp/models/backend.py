@@ -11,7 +11,14 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from aligncoder_lsp.models.llama_backend import Drafter, Drafts, FimTokens, Generation, LlamaModel, TargetScore
+from aligncoder_lsp.models.llama_backend import Drafter, Drafts, Generation, LlamaModel, TargetScore
+
+
+class Fim(Protocol):
+    """A backend's way of filling in the middle."""
+
+    family: str
+    """For the trace: the model family whose FIM tokens are used, or the engine's endpoint."""
 
 
 class Backend(Protocol):
@@ -23,18 +30,20 @@ class Backend(Protocol):
     """The model it runs, for the trace."""
     token_counting: str
     """How :meth:`count_tokens` counts (the model's tokenizer or an estimate), for the trace."""
-    fim: FimTokens | None
-    """Fill-in-the-middle tokens when prompts may carry the code after the cursor."""
+    fim: Fim | None
+    """How prompts carry the code after the cursor (None: they do not; left to right)."""
 
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
-                 heal: bool = False) -> Generation:
+                 heal: bool = False, context: str = "") -> Generation:
         """Greedy continuation of ``prompt``; ``should_stop(text)`` ends it early; raises
         :class:`~aligncoder_lsp.models.llama_backend.Cancelled` once ``cancel`` is set.
         ``heal``: the prompt ends at the cursor, inside a word the answer may extend (a
-        backend that reads the model's vocabulary heals the word's last tokens)."""
+        backend that reads the model's vocabulary heals the word's last tokens).
+        ``context``: the head of ``prompt`` that is repository context (a
+        :class:`~aligncoder_lsp.models.prompts.RenderedContext` names its pieces)."""
 
     def drafts(self, prompt: str, k: int, max_tokens: int, cancel: threading.Event,
                should_stop: Callable[[str], bool] = lambda _: False,
@@ -75,7 +84,7 @@ class LocalBackend:
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
-                 heal: bool = False) -> Generation:
+                 heal: bool = False, context: str = "") -> Generation:
         return self.model.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
 
     def drafter(self, k: int) -> Drafter:

@@ -18,10 +18,22 @@ CONTEXT_HEADER = "Code from other files of this repository:"
 FILE_HEADER = "Definitions earlier in this file:"
 
 
-def render_context(snippets: list[tuple[str, str]], language: str) -> str:
+class RenderedContext(str):
+    """A context block as the prompt shows it, with the (display path, text) pieces it shows
+    (for an engine that lays repository context out itself: llama.cpp's ``/infill``)."""
+
+    pieces: tuple[tuple[str, str], ...]
+
+    def __new__(cls, text: str, pieces: list[tuple[str, str]]) -> RenderedContext:
+        block = super().__new__(cls, text)
+        block.pieces = tuple(pieces)
+        return block
+
+
+def render_context(snippets: list[tuple[str, str]], language: str) -> RenderedContext:
     """``snippets`` as (display path, text) pairs rendered as a comment block."""
-    return _comment_block(CONTEXT_HEADER, [line for path, text in snippets for line in [f"--- {path}", *text.split("\n")]],
-                          language) if snippets else ""
+    lines = [line for path, text in snippets for line in [f"--- {path}", *text.split("\n")]]
+    return RenderedContext(_comment_block(CONTEXT_HEADER, lines, language) if snippets else "", snippets)
 
 
 def render_file_context(signatures: list[str], language: str) -> str:

@@ -9,6 +9,11 @@ request's cancel event.
 
 Prompt budgets count tokens with the local GGUF tokenizer when the engine serves the same
 model, otherwise with an estimate of :data:`CHARS_PER_TOKEN` characters per token.
+
+llama.cpp's server is recognised by its ``/props``: requests then keep the prompt's KV cache
+(``cache_prompt``) and report the engine's own token counts; with a model that has FIM tokens,
+completions inside code go to its ``/infill``, the retrieved snippets as ``input_extra``.
+Other engines fill in the middle when ``engine.fim`` names the model's family.
 """
 
 from __future__ import annotations
@@ -47,6 +52,30 @@ PROBE_SECONDS = 1.0
 """How often an engine found down is asked whether it is back (with ``engine.fallback``)."""
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 """Answers of a busy or restarting engine, worth another attempt."""
+FIM_TEXTS = {
+    "qwen-coder": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    "codegemma": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    "deepseek-coder": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+    "codellama": ("<PRE> ", " <SUF>", " <MID>"),
+}
+"""Each family's FIM tokens (prefix, suffix, middle) as prompt text, in the models' own spelling."""
+
+
+@dataclass(frozen=True)
+class EngineFim:
+    """How the engine fills in the middle."""
+
+    family: str
+    tokens: tuple[str, str, str] | None = None
+    """The FIM tokens written into the prompt; None: the engine's ``/infill`` lays it out."""
+
+    def prompt(self, before: str, after: str) -> str:
+        prefix, suffix, middle = self.tokens or ("", "", "")
+        return f"{prefix}{before}{suffix}{after}{middle}"
+
+
+INFILL = EngineFim("llama.cpp /infill")
 
 
 class EngineUnavailable(ModelUnavailable):
@@ -75,6 +104,8 @@ class _Stream:
     seen: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
     first_at: float | None = None
+    timings: dict = field(default_factory=dict)
+    """The engine's own figures of the request, where it sends them (llama.cpp: ``timings``)."""
 
     @classmethod
     def of(cls, n: int) -> _Stream:
@@ -84,12 +115,14 @@ class _Stream:
 class RemoteEngine:
     """The backend of an engine at ``settings.url`` (read once; the rest of ``settings`` live)."""
 
-    fim = None  # prompts are left to right (the engine's own infill is not used)
-
     def __init__(self, settings: EngineSettings):
         self.settings = settings
         self.url = settings.url.rstrip("/")
         self.name = f"engine {self.url}"
+        self.llama_cpp = False
+        """Whether the engine is llama.cpp's server (see :meth:`detect`)."""
+        self.fim: EngineFim | None = EngineFim(settings.fim, FIM_TEXTS[settings.fim]) \
+            if settings.fim in FIM_TEXTS else None
         self.model_name = settings.model or "(engine default)"
         self._count: Callable[[str], int] | None = None
         self.token_counting = f"estimate ({CHARS_PER_TOKEN} characters per token)"
@@ -137,6 +170,30 @@ class RemoteEngine:
         self.model_name = local.name
         self.token_counting = f"model tokenizer ({local.name}, local)"
 
+    def detect(self) -> None:
+        """Ask the engine what it is. llama.cpp's server answers ``/props``: its requests then
+        keep the KV cache of the prompt, and with ``engine.fim`` ``auto`` its ``/infill`` fills
+        in the middle when the model it serves has FIM tokens (it refuses otherwise)."""
+        cancel = threading.Event()
+        try:
+            props = self._wait(self._answer_json("GET", "/props"), cancel)
+        except EngineUnavailable as error:
+            logger.info("%s has no llama.cpp /props (%s): OpenAI-compatible requests only", self.name, error)
+            return
+        if not isinstance(props, dict) or "default_generation_settings" not in props:
+            return
+        self.llama_cpp = True
+        self.name = f"llama.cpp server {self.url}"
+        if self.settings.fim == "auto":
+            probe = {"input_prefix": "def f(", "input_suffix": "):\n", "n_predict": 1, "temperature": 0.0}
+            try:
+                self._wait(self._answer_json("POST", "/infill", probe), cancel)
+                self.fim = INFILL
+            except EngineUnavailable as error:
+                logger.info("%s: no /infill for this model (%s): prompts are left to right", self.name, error)
+        logger.info("%s (build %s) serves %s; %s", self.name, props.get("build_info", "?"),
+                    props.get("model_path", "?"), f"fill-in-the-middle: {self.fim.family}" if self.fim else "left to right")
+
     async def _shutdown(self) -> None:
         await self._client.aclose()
         await self._loop.shutdown_asyncgens()
@@ -148,16 +205,39 @@ class RemoteEngine:
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
-                 heal: bool = False) -> Generation:
-        """Greedy continuation streamed from the engine (``suffix`` is not used: left to
-        right; nor is ``heal``: the engine gets the prompt as it is)."""
+                 heal: bool = False, context: str = "") -> Generation:
+        """Greedy continuation streamed from the engine, filling in before ``suffix`` when the
+        engine can (``heal`` is not used: the engine gets the prompt as it is)."""
         started = time.perf_counter()
-        stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
+        if suffix and self.fim is INFILL:
+            stream = self._wait(self._complete(self._infill_body(prompt, suffix, context, max_tokens), 1,
+                                               should_stop, "/infill"), cancel)
+        else:
+            if suffix and self.fim is not None:
+                prompt = self.fim.prompt(prompt, suffix)
+            stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
         first = stream.first_at or time.perf_counter()
-        return Generation(text=stream.texts[0], prompt_tokens=self.count_tokens(prompt), reused_tokens=0,
+        evaluated, reused = stream.timings.get("prompt_n"), stream.timings.get("cache_n")
+        counted = isinstance(evaluated, int) and isinstance(reused, int)
+        return Generation(text=stream.texts[0], prompt_tokens=evaluated + reused if counted else self.count_tokens(prompt),
+                          reused_tokens=reused if counted else 0,
                           generated_tokens=stream.chunks[0], prompt_ms=(first - started) * 1000,
                           generate_ms=(time.perf_counter() - first) * 1000, stopped_by=stream.finished[0],
                           logprobs=stream.logprobs[0])
+
+    def _infill_body(self, prompt: str, suffix: str, context: str, max_tokens: int) -> dict[str, Any]:
+        """A request to llama.cpp's ``/infill``: the snippets of ``context`` (the prompt's head)
+        as its ``input_extra``, the rest of the prompt as the prefix."""
+        pieces = getattr(context, "pieces", ())
+        before = prompt[len(context):] if pieces and prompt.startswith(context) else prompt
+        return {**self._native(), "input_prefix": before, "input_suffix": suffix, "n_predict": max_tokens,
+                "input_extra": [{"filename": path, "text": text} for path, text in pieces],
+                "temperature": 0.0, "stream": True, "n_probs": 1}
+
+    def _native(self) -> dict[str, Any]:
+        """What every request to llama.cpp's server carries: keep the prompt's KV cache for the
+        next one, and send the engine's token counts with the first streamed token."""
+        return {"cache_prompt": True, "timings_per_token": True} if self.llama_cpp else {}
 
     def _greedy(self, body: dict[str, Any], should_stop: Callable[[str], bool], cancel: threading.Event) -> _Stream:
         """One greedy completion, with the tokens' log-probabilities (the selective policy reads
@@ -226,7 +306,8 @@ class RemoteEngine:
     # -- requests --------------------------------------------------------------------------
 
     def _body(self, prompt: str, max_tokens: int, **sampling: float) -> dict[str, Any]:
-        body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, **sampling}
+        body: dict[str, Any] = {**self._native(), "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                                **sampling}
         if self.settings.model:
             body["model"] = self.settings.model
         if self.settings.stop:
@@ -258,9 +339,10 @@ class RemoteEngine:
         streams = await asyncio.gather(*(self._complete(body, 1, should_stop) for _ in range(k)))
         return [stream.texts[0] for stream in streams]
 
-    async def _complete(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
+    async def _complete(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool],
+                        path: str = "/v1/completions") -> _Stream:
         """One completion request with its retries, within the timeout."""
-        return await self._retrying(lambda: self._stream(body, n, should_stop))
+        return await self._retrying(lambda: self._stream(body, n, should_stop, path))
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
         """``request()`` within a slot and the timeout, again after a busy or unreachable engine."""
@@ -278,15 +360,16 @@ class RemoteEngine:
                 raise self._timed_out() from None
         raise AssertionError("unreachable")
 
-    async def _stream(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool]) -> _Stream:
+    async def _stream(self, body: dict[str, Any], n: int, should_stop: Callable[[str], bool],
+                      path: str = "/v1/completions") -> _Stream:
         """Stream one request's choices, closing the stream once every choice is whole."""
         stream = _Stream.of(n)
+        native = path != "/v1/completions"
         try:
-            async with self._client.stream("POST", "/v1/completions", json=body,
-                                           timeout=self.settings.timeout) as response:
+            async with self._client.stream("POST", path, json=body, timeout=self.settings.timeout) as response:
                 await self._check(response)
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    self._take(stream, _parse(await response.aread(), self.url), should_stop)
+                    self._take(stream, _parse(await response.aread(), self.url, native), should_stop)
                     return stream
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -294,7 +377,7 @@ class RemoteEngine:
                     data = line[len("data:"):].strip()
                     if data == "[DONE]":
                         return stream
-                    if self._take(stream, _parse(data, self.url), should_stop):
+                    if self._take(stream, _parse(data, self.url, native), should_stop):
                         return stream  # leaving the block closes the stream: the engine stops generating
         except httpx.TransportError as error:
             if isinstance(error, httpx.TimeoutException):
@@ -305,7 +388,7 @@ class RemoteEngine:
         return stream
 
     async def _answer(self, body: dict[str, Any]) -> dict:
-        """One request answered whole (not streamed)."""
+        """One completion request answered whole (not streamed)."""
         try:
             response = await self._client.post("/v1/completions", json=body, timeout=self.settings.timeout)
         except httpx.TransportError as error:
@@ -314,6 +397,23 @@ class RemoteEngine:
             raise _Retry(f"is not reachable ({type(error).__name__})") from error
         await self._check(response)
         return _parse(response.content, self.url)
+
+    async def _answer_json(self, method: str, path: str, body: dict | None = None) -> Any:
+        """Any JSON answer to one request, within the timeout and without retries."""
+        try:
+            response = await asyncio.wait_for(self._client.request(method, path, json=body,
+                                                                   timeout=self.settings.timeout),
+                                              self.settings.timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise self._timed_out() from None
+        except httpx.TransportError as error:
+            raise self._problem(f"is not reachable ({type(error).__name__})", EngineDown) from None
+        if response.status_code != 200:
+            raise self._problem(f"answered {path} with HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise self._problem(f"sent malformed JSON for {path}") from None
 
     def _problem(self, what: str, kind: type[EngineUnavailable] = EngineUnavailable) -> EngineUnavailable:
         return kind(f"the inference engine at {self.url} {what}")
@@ -344,6 +444,8 @@ class RemoteEngine:
                 stream.texts[index] += text
                 stream.chunks[index] += 1
                 stream.logprobs[index] += _token_logprobs(choice.get("logprobs"))
+            if isinstance(chunk.get("timings"), dict):
+                stream.timings = stream.timings or chunk["timings"]
             if text and should_stop(stream.texts[index]):
                 stream.finished[index] = "stop"
                 stream.done.add(index)
@@ -367,12 +469,15 @@ class RemoteEngine:
             raise self._problem("sent a malformed model list") from None
 
 
-def _parse(data: str | bytes, url: str) -> dict:
-    """One completion chunk (or whole answer), checked for the fields used."""
+def _parse(data: str | bytes, url: str, native: bool = False) -> dict:
+    """One completion chunk (or whole answer), checked for the fields used; ``native``:
+    llama.cpp's own format, read as OpenAI's."""
     try:
         chunk = json.loads(data)
         if isinstance(chunk, dict) and "error" in chunk:
             logger.warning("the inference engine at %s reported: %s", url, str(chunk["error"])[:300])
+        if native:
+            chunk = _from_native(chunk)
         choices = chunk["choices"]
         if isinstance(choices, list) and all(isinstance(c, dict) and isinstance(c.get("text", ""), str)
                                              for c in choices):
@@ -382,10 +487,25 @@ def _parse(data: str | bytes, url: str) -> dict:
     raise _malformed(url, repr(str(data)[:300]))
 
 
+def _from_native(chunk: dict) -> dict:
+    """A chunk of llama.cpp's own completion format (``content``, ``stop``, ``stop_type``,
+    ``completion_probabilities``) as an OpenAI completion chunk."""
+    ended = chunk["stop"] is True
+    probabilities = chunk.get("completion_probabilities")
+    choice = {"index": 0, "text": chunk["content"], "logprobs": {"content": probabilities},
+              "finish_reason": ("length" if chunk.get("stop_type") == "limit" else "stop") if ended else None}
+    return {"choices": [choice], "timings": chunk.get("timings")}
+
+
 def _token_logprobs(logprobs: Any) -> list[float]:
-    """The ``token_logprobs`` of a choice's ``logprobs`` (OpenAI's completion format); none
-    where the engine sent none or something else."""
-    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    """The tokens' log-probabilities in a choice's ``logprobs``: OpenAI's completion format
+    (``token_logprobs``) or its chat format (``content`` items with a ``logprob``, llama.cpp's
+    server); none where the engine sent none or something else."""
+    if not isinstance(logprobs, dict):
+        return []
+    values = logprobs.get("token_logprobs")
+    if values is None and isinstance(logprobs.get("content"), list):
+        values = [item.get("logprob") for item in logprobs["content"] if isinstance(item, dict)]
     if not isinstance(values, list):
         return []
     return [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
@@ -444,11 +564,11 @@ class EngineWithFallback:
 
     def generate(self, prompt: str, max_tokens: int, cancel: threading.Event,
                  should_stop: Callable[[str], bool] = lambda _: False, suffix: str = "",
-                 heal: bool = False) -> Generation:
+                 heal: bool = False, context: str = "") -> Generation:
         reason = self._down if self.engine.settings.fallback else ""
         if not reason:
             try:
-                return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix, heal)
+                return self.engine.generate(prompt, max_tokens, cancel, should_stop, suffix, heal, context)
             except EngineUnavailable as error:
                 if not self.engine.settings.fallback:
                     raise

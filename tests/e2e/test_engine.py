@@ -224,6 +224,7 @@ def test_doctor_checks_the_engine(engine):
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"url        {engine.url} (reachable" in up.stdout and "gemma-3-270m-q4_k_m.gguf" in up.stdout
     assert "tokens     model tokenizer (gemma-3-270m-q4_k_m.gguf, local)" in up.stdout
+    assert "kind       OpenAI-compatible; left to right" in up.stdout
     assert re.search(r"completion \d+ tokens in \d+ ms \(first after \d+ ms\)", up.stdout), up.stdout
     down = subprocess.run([*doctor, f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=300)
     assert down.returncode == 1 and "UNAVAILABLE: the inference engine at" in down.stdout, down.stdout

@@ -250,3 +250,101 @@ def test_an_engine_found_down_is_probed_instead_of_asked_per_request():
         time.sleep(0.1)
     backend.close()
     fake.close()
+
+
+LLAMA_CPP_PROPS = {"default_generation_settings": {"n_ctx": 4096}, "build_info": "b1", "model_path": "/m/x.gguf"}
+
+
+def _native(*texts: str) -> bytes:
+    """llama.cpp's own streamed format (``/infill``): the engine's timings with each token."""
+    timings = {"cache_n": 30, "prompt_n": 12, "prompt_ms": 40.0}
+    chunks = [{"content": text, "stop": False, "timings": timings,
+               "completion_probabilities": [{"token": text, "logprob": -0.5}]} for text in texts]
+    chunks.append({"content": "", "stop": True, "stop_type": "eos", "timings": timings})
+    return b"".join(b"data: %s\n\n" % json.dumps(chunk).encode() for chunk in chunks)
+
+
+def test_llama_cpp_infill_gets_the_snippets_as_extra_input_and_its_counts_are_taken():
+    from aligncoder_lsp.models.prompts import render_context
+
+    def reply(handler, count):
+        if handler.path == "/infill" and json.loads(handler.rfile_body).get("stream"):
+            send(handler, 200, "text/event-stream", _native("x", " + 1"))
+        else:
+            send(handler, 200, "application/json", b'{"content": "", "stop": true}')
+
+    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    engine = _engine(fake.url)
+    engine.detect()
+    assert engine.llama_cpp and engine.fim.family == "llama.cpp /infill"
+    assert engine.name == f"llama.cpp server {fake.url}"
+    context = render_context([("util.py", "def one():\n    return 1")], "python")
+    generation = engine.generate(context + "y = ", 8, threading.Event(), suffix="\nprint(y)\n", context=context)
+    assert (generation.text, generation.stopped_by, generation.logprobs) == ("x + 1", "eos", [-0.5, -0.5])
+    assert (generation.prompt_tokens, generation.reused_tokens) == (42, 30)
+    body = json.loads(fake.bodies[-1])
+    assert fake.paths == ["/infill", "/infill"]  # the probe, then the completion
+    assert body["input_prefix"] == "y = " and body["input_suffix"] == "\nprint(y)\n"
+    assert body["input_extra"] == [{"filename": "util.py", "text": "def one():\n    return 1"}]
+    assert body["cache_prompt"] is True and body["temperature"] == 0.0
+    engine.close()
+    fake.close()
+
+
+def test_llama_cpp_without_fim_tokens_and_other_engines_complete_left_to_right():
+    def reply(handler, count):
+        if handler.path == "/infill":
+            send(handler, 501, "application/json", b'{"error": {"message": "Infill is not supported"}}')
+        else:
+            send(handler, 200, "text/event-stream", events("ok"))
+
+    for props in (LLAMA_CPP_PROPS, None):
+        fake = FakeEngine(reply, props=props)
+        engine = _engine(fake.url)
+        engine.detect()
+        assert engine.fim is None and engine.llama_cpp == (props is not None)
+        assert engine.generate("y = ", 8, threading.Event(), suffix="\nprint(y)\n").text == "ok"
+        body = json.loads(fake.bodies[-1])
+        assert fake.paths[-1] == "/v1/completions" and body["prompt"] == "y = "
+        assert body.get("cache_prompt") is (True if props else None)
+        engine.close()
+        fake.close()
+
+
+def test_a_fim_family_in_the_settings_writes_its_tokens_into_the_prompt():
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream", events("1")))
+    engine = _engine(fake.url, fim="qwen-coder")
+    engine.detect()
+    assert engine.generate("y = ", 8, threading.Event(), suffix="\nprint(y)\n").text == "1"
+    assert json.loads(fake.bodies[-1])["prompt"] == "<|fim_prefix|>y = <|fim_suffix|>\nprint(y)\n<|fim_middle|>"
+    engine.generate("y = ", 8, threading.Event())  # nothing after the cursor: left to right
+    assert json.loads(fake.bodies[-1])["prompt"] == "y = "
+    engine.close()
+    fake.close()
+
+
+def test_llama_cpp_chat_style_logprobs_are_read():
+    chunk = {"choices": [{"index": 0, "text": "a", "finish_reason": "stop",
+                          "logprobs": {"content": [{"token": "a", "logprob": -0.25}, {"logprob": "x"}]}}]}
+    fake = FakeEngine(lambda handler, count: send(handler, 200, "text/event-stream",
+                                                  b"data: %s\n\ndata: [DONE]\n\n" % json.dumps(chunk).encode()))
+    engine = _engine(fake.url)
+    assert engine.generate("", 8, threading.Event()).logprobs == [-0.25]
+    engine.close()
+    fake.close()
+
+
+def test_a_malformed_native_chunk_is_a_clear_error():
+    def reply(handler, count):
+        if handler.path == "/infill" and count > 1:
+            send(handler, 200, "text/event-stream", b'data: {"content": 3}\n\n')
+        else:
+            send(handler, 200, "application/json", b"{}")
+
+    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    engine = _engine(fake.url)
+    engine.detect()
+    with pytest.raises(EngineUnavailable, match="malformed"):
+        engine.generate("y = ", 8, threading.Event(), suffix="\n")
+    engine.close()
+    fake.close()
