@@ -272,6 +272,10 @@ class RemoteEngine:
         """Each prompt's log-probabilities of ``target``, read from the engine's log-probabilities
         of the prompt (``echo`` with ``logprobs``: vLLM, llama-cpp-python's server started with
         ``--logits_all true``); the requests go at once, within ``engine.concurrency``."""
+        if self.llama_cpp:
+            raise self._problem("is llama.cpp's server, which gives no log-probabilities of the prompt (it has no "
+                                "echo); reward scoring needs vLLM, llama-cpp-python's server (--logits_all true) "
+                                "or the in-process model")
         return self._wait(self._target_scores(prompts, target), cancel)
 
     async def _target_scores(self, prompts: list[str], target: str) -> list[TargetScore]:

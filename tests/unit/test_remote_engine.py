@@ -348,3 +348,14 @@ def test_a_malformed_native_chunk_is_a_clear_error():
         engine.generate("y = ", 8, threading.Event(), suffix="\n")
     engine.close()
     fake.close()
+
+
+def test_reward_scoring_on_llama_cpp_is_a_clear_error_before_any_request():
+    fake = FakeEngine(lambda handler, count: send(handler, 500, "application/json", b"{}"), props=LLAMA_CPP_PROPS)
+    engine = _engine(fake.url, fim="none")
+    engine.detect()
+    with pytest.raises(EngineUnavailable, match="gives no log-probabilities of the prompt"):
+        engine.target_scores(["def f():\n"], "    return 1", threading.Event())
+    assert fake.requests == 0
+    engine.close()
+    fake.close()
