@@ -3,15 +3,18 @@
 For every scored hole the teacher's distribution over its candidates is the softmax of their
 rewards (mean target log-likelihood per token) at temperature ``teacher_temperature``; the
 student's is the softmax of the serving score (cosine of query and snippet vectors, plus the
-BM25 blend) at ``student_temperature``. The loss is KL(teacher ‖ student); ``loss="hard"``
-is the hard-label alternative (cross-entropy against the best-rewarded candidate). The stop
-item is left out: it is the selective policy's business, not the ranking's.
+BM25 blend) times a scale learnt with it (from ``1 / student_temperature``), so the encoder
+learns the ranking rather than the spread of the teacher's distribution. The loss is
+KL(teacher ‖ student); ``loss="hard"`` is the hard-label alternative (cross-entropy against the
+best-rewarded candidate). The stop item is left out: it is the selective policy's business,
+not the ranking's.
 
 Only the query tower learns: snippet vectors come from the base retriever, so every stored
 vector stays valid and the index is never re-embedded. The checkpoint is the query tower's
 sentence-transformers folder with a ``retriever.json`` naming the base that encodes snippets
 (see :mod:`aligncoder_lsp.index.embeddings`) and a training card. Held-out repositories pick
-the best pass; nothing is tuned on benchmark tasks.
+the best pass by what serving gets, the mean reward of the first-ranked candidate (a lower KL
+can come from the spread alone); nothing is tuned on benchmark tasks.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class FitSettings:
     against the best-rewarded candidate)."""
     teacher_temperature: float = 0.1
     student_temperature: float = 0.05
+    """The student's starting temperature; its inverse, the scale, is learnt."""
     learning_rate: float = 3e-5
+    scale_learning_rate: float = 1e-2
     epochs: int = 4
     batch_holes: int = 16
     warmup: float = 0.1
@@ -110,14 +115,17 @@ def _softmax(values: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def ranking_metrics(examples: list[Example], scores: list[np.ndarray], settings: FitSettings) -> dict:
+def ranking_metrics(examples: list[Example], scores: list[np.ndarray], settings: FitSettings,
+                    scale: float | None = None) -> dict:
     """How a ranking (serving scores per example) agrees with the rewards: KL of the teacher
-    to the student, hit@1 (the student's first is the best-rewarded), and the mean reward of
-    the student's first, against BM25's first and the best."""
+    to the student (its scores times ``scale``, by default ``1 / student_temperature``), hit@1
+    (the student's first is the best-rewarded), and the mean reward of the student's first,
+    against BM25's first and the best."""
+    scale = 1 / settings.student_temperature if scale is None else scale
     kl, hits, first, bm25, best = [], [], [], [], []
     for example, score in zip(examples, scores):
         teacher = _softmax(example.rewards / settings.teacher_temperature)
-        student = _softmax(score / settings.student_temperature)
+        student = _softmax(score * scale)
         kl.append(float(np.sum(teacher * (np.log(teacher + 1e-12) - np.log(student + 1e-12)))))
         top = int(np.argmax(score))
         hits.append(top == int(np.argmax(example.rewards)))
@@ -171,13 +179,13 @@ class QueryTower:
         return result
 
 
-def _loss(scores, batch: list[Example], settings: FitSettings):
+def _loss(scores, batch: list[Example], settings: FitSettings, log_scale):
     import torch
     import torch.nn.functional as F
 
     total = 0.0
     for score, example in zip(scores, batch):
-        log_student = F.log_softmax(score / settings.student_temperature, dim=0)
+        log_student = F.log_softmax(score * log_scale.exp(), dim=0)
         if settings.loss == "hard":
             total = total - log_student[int(np.argmax(example.rewards))]
         else:  # kl_div takes the student's log-probabilities and the teacher's probabilities
@@ -186,18 +194,19 @@ def _loss(scores, batch: list[Example], settings: FitSettings):
     return total / len(batch)
 
 
-def evaluate(tower: QueryTower, examples: list[Example], settings: FitSettings) -> dict:
+def evaluate(tower: QueryTower, examples: list[Example], settings: FitSettings, scale: float | None = None) -> dict:
     tower.model.eval()
     scores = []
     for start in range(0, len(examples), 32):
         batch = examples[start:start + 32]
         scores.extend(score.numpy() for score in tower.scores(batch, settings))
-    return ranking_metrics(examples, scores, settings)
+    return ranking_metrics(examples, scores, settings, scale)
 
 
 def run_fit(runs: list[Run], base: Path, out: Path, settings: FitSettings, log_every: int = 10) -> dict:
-    """Fit the query tower on the runs' train split, keep the pass with the lowest held-out
-    KL, save it to ``out``; returns the report (also in the card)."""
+    """Fit the query tower on the runs' train split, keep the pass whose first-ranked
+    candidates have the highest mean reward on the held-out split (it must beat the untrained
+    retriever's), save it to ``out``; returns the report (also in the card)."""
     import torch
 
     if settings.loss not in ("kl", "hard"):
@@ -218,9 +227,12 @@ def run_fit(runs: list[Run], base: Path, out: Path, settings: FitSettings, log_e
               "untrained": {"train": evaluate(tower, train, settings), "held_out": evaluate(tower, held_out, settings)},
               "passes": []}
     logger.info("fit: untrained held-out %s", report["untrained"]["held_out"])
-    best_kl, best_state = report["untrained"]["held_out"]["kl"], None
+    best_reward, best_state = report["untrained"]["held_out"]["reward_first"], None
     steps = settings.epochs * math.ceil(len(train) / settings.batch_holes)
-    optimizer = torch.optim.AdamW(tower.model.parameters(), lr=settings.learning_rate)
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / settings.student_temperature), dtype=torch.float64))
+    optimizer = torch.optim.AdamW([{"params": list(tower.model.parameters())},
+                                   {"params": [log_scale], "lr": settings.scale_learning_rate, "weight_decay": 0.0}],
+                                  lr=settings.learning_rate)
     warmup = max(1, int(settings.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
@@ -232,7 +244,7 @@ def run_fit(runs: list[Run], base: Path, out: Path, settings: FitSettings, log_e
         losses = []
         for start in range(0, len(order), settings.batch_holes):
             batch = order[start:start + settings.batch_holes]
-            loss = _loss(tower.scores(batch, settings, grad=True), batch, settings)
+            loss = _loss(tower.scores(batch, settings, grad=True), batch, settings, log_scale)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tower.model.parameters(), 1.0)
@@ -244,18 +256,18 @@ def run_fit(runs: list[Run], base: Path, out: Path, settings: FitSettings, log_e
                 elapsed = time.monotonic() - started
                 logger.info("fit: step %d/%d, loss %.4f, ETA %s", step, steps, float(np.mean(losses[-log_every:])),
                             format_duration(elapsed / step * (steps - step)))
-        measured = {"pass": epoch, "train_loss": round(float(np.mean(losses)), 4),
-                    "held_out": evaluate(tower, held_out, settings)}
+        scale = math.exp(log_scale.item())
+        measured = {"pass": epoch, "train_loss": round(float(np.mean(losses)), 4), "scale": round(scale, 2),
+                    "held_out": evaluate(tower, held_out, settings, scale)}
         report["passes"].append(measured)
         logger.info("fit: pass %d held-out %s", epoch, measured["held_out"])
-        if measured["held_out"]["kl"] < best_kl:
-            best_kl = measured["held_out"]["kl"]
+        if measured["held_out"]["reward_first"] > best_reward:
+            best_reward, report["best_pass"] = measured["held_out"]["reward_first"], epoch
             best_state = {name: tensor.detach().clone() for name, tensor in tower.model.state_dict().items()}
-    report["best_pass"] = next((p["pass"] for p in report["passes"] if p["held_out"]["kl"] == best_kl), 0)
     report["minutes"] = round((time.monotonic() - started) / 60, 1)
     if best_state is None:
-        raise RunError(f"no pass beat the untrained retriever on held-out KL ({best_kl}); nothing saved. "
-                       f"Report: {json.dumps(report)}")
+        raise RunError("no pass beat the untrained retriever on the held-out mean reward of the first-ranked "
+                       f"candidate ({best_reward}); nothing saved. Report: {json.dumps(report)}")
     tower.model.load_state_dict(best_state)
     save_checkpoint(tower, out, runs, report)
     return report
