@@ -87,6 +87,14 @@ class EngineDown(EngineUnavailable):
     """Not reachable, busy after every retry, or too slow: asking again otherwise would not help."""
 
 
+class EngineRefused(EngineUnavailable):
+    """The engine answered the request with an error status (``status``)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class _Retry(Exception):
     """A failure worth another attempt (the engine refused the connection or is busy)."""
 
@@ -209,10 +217,18 @@ class RemoteEngine:
         """Greedy continuation streamed from the engine, filling in before ``suffix`` when the
         engine can (``heal`` is not used: the engine gets the prompt as it is)."""
         started = time.perf_counter()
+        stream = None
         if suffix and self.fim is INFILL:
-            stream = self._wait(self._complete(self._infill_body(prompt, suffix, context, max_tokens), 1,
-                                               should_stop, "/infill"), cancel)
-        else:
+            try:
+                stream = self._wait(self._complete(self._infill_body(prompt, suffix, context, max_tokens), 1,
+                                                   should_stop, "/infill"), cancel)
+            except EngineRefused as error:
+                if error.status != 501:
+                    raise
+                logger.info("%s no longer fills in the middle (its model changed?): prompts are left to right",
+                            self.name)
+                self.fim = None
+        if stream is None:
             if suffix and self.fim is not None:
                 prompt = self.fim.prompt(prompt, suffix)
             stream = self._greedy(self._body(prompt, max_tokens, temperature=0.0), should_stop, cancel)
@@ -432,7 +448,8 @@ class RemoteEngine:
         if response.status_code in RETRY_STATUS:
             raise _Retry(f"is busy (HTTP {response.status_code})")
         logger.warning("%s answered HTTP %d: %s", self.name, response.status_code, detail)
-        raise self._problem(f"refused the request (HTTP {response.status_code}; see the log)")
+        raise EngineRefused(f"the inference engine at {self.url} refused the request "
+                            f"(HTTP {response.status_code}; see the log)", response.status_code)
 
     @staticmethod
     def _take(stream: _Stream, chunk: dict, should_stop: Callable[[str], bool]) -> bool:
@@ -555,8 +572,12 @@ class EngineWithFallback:
         """Why the engine is down (empty while it is up)."""
         self._down_lock = threading.Lock()
         self._closed = threading.Event()
-        self.name, self.model_name, self.fim = engine.name, engine.model_name, engine.fim
+        self.name, self.model_name = engine.name, engine.model_name
         self.token_counting = engine.token_counting
+
+    @property
+    def fim(self) -> EngineFim | None:
+        return self.engine.fim
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)

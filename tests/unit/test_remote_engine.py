@@ -9,7 +9,7 @@ import pytest
 
 from aligncoder_lsp.config import EngineSettings
 from aligncoder_lsp.models.llama_backend import Cancelled, Generation
-from aligncoder_lsp.models.remote import EngineUnavailable, EngineWithFallback, RemoteEngine
+from aligncoder_lsp.models.remote import INFILL, EngineUnavailable, EngineWithFallback, RemoteEngine
 from tests.engines import FakeEngine, events, free_port, send
 
 
@@ -357,5 +357,24 @@ def test_reward_scoring_on_llama_cpp_is_a_clear_error_before_any_request():
     with pytest.raises(EngineUnavailable, match="gives no log-probabilities of the prompt"):
         engine.target_scores(["def f():\n"], "    return 1", threading.Event())
     assert fake.requests == 0
+    engine.close()
+    fake.close()
+
+
+def test_an_engine_whose_model_lost_its_fim_tokens_goes_left_to_right():
+    def reply(handler, count):
+        if handler.path == "/infill":  # the probe passes; then the engine serves another model
+            send(handler, 200 if count == 1 else 501, "application/json", b'{"content": "", "stop": true}')
+        else:
+            send(handler, 200, "text/event-stream", events("ok"))
+
+    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    engine = _engine(fake.url)
+    engine.detect()
+    wrapped = EngineWithFallback(engine, lambda: None)
+    assert wrapped.fim is INFILL
+    assert engine.generate("y = ", 8, threading.Event(), suffix="\nprint(y)\n").text == "ok"
+    assert fake.paths == ["/infill", "/infill", "/v1/completions"] and wrapped.fim is None
+    assert json.loads(fake.bodies[-1])["prompt"] == "y = "
     engine.close()
     fake.close()
