@@ -58,7 +58,7 @@ log "installing aligncoder-lsp$extras"
 
 if [[ $WITH_TESTS == 1 ]]; then
     # llama.cpp's own server, from the same llama.cpp source as the wheel, for the engine tests
-    SERVER=$(dirname "$WHEELS")/../llama-server/$build_key/llama-server
+    SERVER=$(dirname "$(dirname "$WHEELS")")/llama-server/$build_key/llama-server  # beside wheels/
     if [[ ! -x "$SERVER" ]]; then
         log "building llama.cpp's llama-server from the llama-cpp-python $LLAMA_VERSION source once (several minutes)"
         work=$(mktemp -d)

@@ -33,9 +33,9 @@ from attrs.validators import deep_iterable, ge, gt, in_, instance_of, le, not_
 logger = logging.getLogger(__name__)
 
 MODES = ("none", "bm25", "aligncoder", "aligncoder-no-enhance", "selective")
-FIM_FAMILIES = ("qwen-coder", "codegemma", "starcoder", "deepseek-coder", "codellama")
-"""Models whose fill-in-the-middle tokens an engine prompt can be written with."""
-ENGINE_FIM = ("auto", "none", *FIM_FAMILIES)
+ENGINE_FIM_FAMILIES = ("qwen-coder", "codegemma", "starcoder", "deepseek-coder", "codellama")
+"""Models whose fill-in-the-middle tokens an engine prompt can be written with (``engine.fim``)."""
+ENGINE_FIM = ("auto", "none", *ENGINE_FIM_FAMILIES)
 
 MAX_CONTEXT = 131_072
 """The largest context window (tokens) accepted; also bounds every token budget."""
@@ -252,6 +252,7 @@ class Settings:
             return Path(self.cache_dir).expanduser()
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "aligncoder-lsp"
+
 
 @attrs.frozen
 class Rule:

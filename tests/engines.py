@@ -83,10 +83,11 @@ class RealEngine:
 class FakeEngine:
     """An HTTP server in a thread whose every ``POST`` is answered by ``reply(handler, count)``
     (``count``: the requests so far; ``handler.rfile_body``: the request's body; ``engine.paths``:
-    the paths asked); ``GET /v1/models`` lists one model, ``GET /props`` answers ``props`` (a
-    llama.cpp server's) where given."""
+    the paths asked); a ``GET`` of a path in ``gets`` is answered its (status, JSON body), one of
+    ``/v1/models`` otherwise lists one model."""
 
-    def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None], props: dict | None = None):
+    def __init__(self, reply: Callable[[BaseHTTPRequestHandler, int], None],
+                 gets: dict[str, tuple[int, bytes]] | None = None):
         self.requests = 0
         self.bodies: list[bytes] = []
         self.paths: list[str] = []
@@ -94,10 +95,8 @@ class FakeEngine:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                if self.path == "/props" and props is not None:
-                    send(self, 200, "application/json", json.dumps(props).encode())
-                    return
-                send(self, 200, "application/json", b'{"object": "list", "data": [{"id": "fake"}]}')
+                status, body = (gets or {}).get(self.path, (200, b'{"object": "list", "data": [{"id": "fake"}]}'))
+                send(self, status, "application/json", body)
 
             def do_POST(self):
                 self.rfile_body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

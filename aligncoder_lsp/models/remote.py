@@ -419,17 +419,19 @@ class RemoteEngine:
         return _parse(response.content, self.url)
 
     async def _answer_json(self, method: str, path: str, body: dict | None = None) -> Any:
-        """Any JSON answer to one request, within the timeout and without retries."""
+        """Any JSON answer to one request, within the timeout and without retries (a busy
+        engine is one that is down)."""
         try:
             response = await asyncio.wait_for(self._client.request(method, path, json=body,
                                                                    timeout=self.settings.timeout),
                                               self.settings.timeout)
+            await self._check(response)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise self._timed_out() from None
         except httpx.TransportError as error:
             raise self._problem(f"is not reachable ({type(error).__name__})", EngineDown) from None
-        if response.status_code != 200:
-            raise self._problem(f"answered {path} with HTTP {response.status_code}")
+        except _Retry as busy:
+            raise self._problem(str(busy), EngineDown) from None
         try:
             return response.json()
         except ValueError:
@@ -477,16 +479,8 @@ class RemoteEngine:
 
     async def _models(self) -> list[str]:
         try:
-            response = await asyncio.wait_for(self._client.get("/v1/models", timeout=self.settings.timeout),
-                                              self.settings.timeout)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise self._timed_out() from None
-        except httpx.TransportError as error:
-            raise self._problem(f"is not reachable ({type(error).__name__})", EngineDown) from None
-        await self._check(response)
-        try:
-            return [str(model["id"]) for model in response.json()["data"]]
-        except (ValueError, KeyError, TypeError):
+            return [str(model["id"]) for model in (await self._answer_json("GET", "/v1/models"))["data"]]
+        except (KeyError, TypeError):
             raise self._problem("sent a malformed model list") from None
 
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from aligncoder_lsp.config import EngineSettings
+from aligncoder_lsp.config import ENGINE_FIM_FAMILIES, EngineSettings
 from aligncoder_lsp.models.llama_backend import Cancelled, Generation
-from aligncoder_lsp.models.remote import INFILL, EngineUnavailable, EngineWithFallback, RemoteEngine
+from aligncoder_lsp.models.remote import FIM_TEXTS, INFILL, EngineDown, EngineUnavailable, EngineWithFallback, RemoteEngine
 from tests.engines import FakeEngine, events, free_port, send
 
 
@@ -252,7 +252,9 @@ def test_an_engine_found_down_is_probed_instead_of_asked_per_request():
     fake.close()
 
 
-LLAMA_CPP_PROPS = {"default_generation_settings": {"n_ctx": 4096}, "build_info": "b1", "model_path": "/m/x.gguf"}
+LLAMA_CPP = {"/props": (200, json.dumps({"default_generation_settings": {"n_ctx": 4096}, "build_info": "b1",
+                                          "model_path": "/m/x.gguf"}).encode())}
+"""What a llama.cpp server answers to ``GET /props``."""
 
 
 def _native(*texts: str) -> bytes:
@@ -273,7 +275,7 @@ def test_llama_cpp_infill_gets_the_snippets_as_extra_input_and_its_counts_are_ta
         else:
             send(handler, 200, "application/json", b'{"content": "", "stop": true}')
 
-    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    fake = FakeEngine(reply, gets=LLAMA_CPP)
     engine = _engine(fake.url)
     engine.detect()
     assert engine.llama_cpp and engine.fim.family == "llama.cpp /infill"
@@ -298,15 +300,15 @@ def test_llama_cpp_without_fim_tokens_and_other_engines_complete_left_to_right()
         else:
             send(handler, 200, "text/event-stream", events("ok"))
 
-    for props in (LLAMA_CPP_PROPS, None):
-        fake = FakeEngine(reply, props=props)
+    for gets in (LLAMA_CPP, None):
+        fake = FakeEngine(reply, gets=gets)
         engine = _engine(fake.url)
         engine.detect()
-        assert engine.fim is None and engine.llama_cpp == (props is not None)
+        assert engine.fim is None and engine.llama_cpp == (gets is not None)
         assert engine.generate("y = ", 8, threading.Event(), suffix="\nprint(y)\n").text == "ok"
         body = json.loads(fake.bodies[-1])
         assert fake.paths[-1] == "/v1/completions" and body["prompt"] == "y = "
-        assert body.get("cache_prompt") is (True if props else None)
+        assert body.get("cache_prompt") is (True if gets else None)
         engine.close()
         fake.close()
 
@@ -341,7 +343,7 @@ def test_a_malformed_native_chunk_is_a_clear_error():
         else:
             send(handler, 200, "application/json", b"{}")
 
-    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    fake = FakeEngine(reply, gets=LLAMA_CPP)
     engine = _engine(fake.url)
     engine.detect()
     with pytest.raises(EngineUnavailable, match="malformed"):
@@ -351,7 +353,7 @@ def test_a_malformed_native_chunk_is_a_clear_error():
 
 
 def test_reward_scoring_on_llama_cpp_is_a_clear_error_before_any_request():
-    fake = FakeEngine(lambda handler, count: send(handler, 500, "application/json", b"{}"), props=LLAMA_CPP_PROPS)
+    fake = FakeEngine(lambda handler, count: send(handler, 500, "application/json", b"{}"), gets=LLAMA_CPP)
     engine = _engine(fake.url, fim="none")
     engine.detect()
     with pytest.raises(EngineUnavailable, match="gives no log-probabilities of the prompt"):
@@ -368,7 +370,7 @@ def test_an_engine_whose_model_lost_its_fim_tokens_goes_left_to_right():
         else:
             send(handler, 200, "text/event-stream", events("ok"))
 
-    fake = FakeEngine(reply, props=LLAMA_CPP_PROPS)
+    fake = FakeEngine(reply, gets=LLAMA_CPP)
     engine = _engine(fake.url)
     engine.detect()
     wrapped = EngineWithFallback(engine, lambda: None)
@@ -378,3 +380,22 @@ def test_an_engine_whose_model_lost_its_fim_tokens_goes_left_to_right():
     assert json.loads(fake.bodies[-1])["prompt"] == "y = "
     engine.close()
     fake.close()
+
+
+@pytest.mark.parametrize("status, body, kind", [
+    (503, b"{}", EngineDown),  # busy: an answer for the probe and doctor, not an escaped retry
+    (500, b"{}", EngineUnavailable),
+    (200, b'{"data": 3}', EngineUnavailable),
+    (200, b"not json", EngineUnavailable),
+])
+def test_a_model_list_that_cannot_be_had_is_one_clear_error(status, body, kind):
+    fake = FakeEngine(lambda handler, count: None, gets={"/v1/models": (status, body)})
+    engine = _engine(fake.url)
+    with pytest.raises(kind, match="the inference engine at"):
+        engine.models()
+    engine.close()
+    fake.close()
+
+
+def test_every_fim_family_the_settings_name_has_its_tokens():
+    assert set(FIM_TEXTS) == set(ENGINE_FIM_FAMILIES)
